@@ -1,0 +1,1 @@
+"""Evaluation: throughput (and, later, drift metrics and reports) over the streaming generator."""

@@ -1,0 +1,1 @@
+"""rollforge orchestration: config loading, CLI and (later) tracking, Ray and cluster helpers."""

@@ -1,0 +1,71 @@
+"""Safe weight files for the DiT: safetensors (file, directory, or sharded index) or weights-only .pth.
+
+Accepts Wan2.1's own release layout (`diffusion_pytorch_model.safetensors`, possibly sharded with a
+`*.safetensors.index.json`) and our exports (`model.safetensors`). Never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+INDEX_FILES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json")
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Load a state dict from a .safetensors/.pth file or a directory holding one (or a shard index)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in INDEX_FILES:
+            if (path / name).is_file():
+                index = json.loads((path / name).read_text())
+                state: dict[str, Tensor] = {}
+                for shard in sorted(set(index["weight_map"].values())):
+                    state.update(load_file(str(path / shard)))
+                return state
+        for name in WEIGHT_FILES:
+            if (path / name).is_file():
+                return load_file(str(path / name))
+        raise FileNotFoundError(f"{path}: no {' / '.join(WEIGHT_FILES + INDEX_FILES)} in this directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    if path.suffix in (".pth", ".pt", ".bin"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        return state
+    raise ValueError(f"{path}: unknown weights format {path.suffix!r} (use .safetensors or .pth)")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Strictly load `path` into `model`; mismatches are reported by name and shape."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with wrong shape (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        raise ValueError(f"{path}: weights do not fit the configured model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    return path
