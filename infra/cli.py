@@ -25,12 +25,14 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(Config, args.config, args.overrides)
 
 
-def _progress():
+def _progress(transient: bool = False):
+    """Frames done / total with live fps, drawn on stderr (stdout stays clean for JSON)."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("frames"), TextColumn("{task.fields[fps]:.1f} fps"), TimeElapsedColumn(),
-                    transient=False)
+                    console=Console(stderr=True), transient=transient)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -75,7 +77,17 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
         cfg.sampler.kind = args.sampler
         cfg.validate()
     gen = StreamingGenerator(cfg, checkpoint=args.checkpoint)
-    result = measure_stream(gen, args.prompt, args.seconds, cfg.sampler.kind, recompute=args.recompute)
+    total = gen.codec.video_frames(gen.blocks_for_seconds(args.seconds) * cfg.stream.frames_per_block)
+    with _progress(transient=True) as bar:
+        task = bar.add_task(f"bench {cfg.sampler.kind}{' (recompute)' if args.recompute else ''}", total=total, fps=0.0)
+        start = time.perf_counter()
+
+        def advance(n: int) -> None:
+            done = bar.tasks[0].completed + n
+            bar.update(task, completed=done, fps=done / max(time.perf_counter() - start, 1e-9))
+
+        result = measure_stream(gen, args.prompt, args.seconds, cfg.sampler.kind, recompute=args.recompute,
+                                on_frames=advance)
     result["machine"] = machine_info()
     if args.json:
         print(json.dumps(result))

@@ -37,30 +37,36 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         return load_file(str(path))
     if path.suffix in (".pth", ".pt", ".bin"):
+        # weights_only: a checkpoint is data; never let it run pickled code.
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+            raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
         return state
     raise ValueError(f"{path}: unknown weights format {path.suffix!r} (use .safetensors or .pth)")
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint", show: int = 5) -> None:
+    """Raise ValueError naming (the first `show`) missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in sorted(set(state) & set(own)) if tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
+        if items:
+            more = f", ... (+{len(items) - show} more)" if len(items) > show else ""
+            problems.append(f"{len(items)} {label} key(s): {', '.join(items[:show])}{more}")
+    if problems:
+        raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Strictly load `path` into `model`; mismatches are reported by name and shape."""
     state = read_state_dict(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} with wrong shape (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
-        raise ValueError(f"{path}: weights do not fit the configured model: {'; '.join(parts)}")
+    check_state_dict(model, state, source=f"weights {path}")
     model.load_state_dict(state, strict=True)
 
 

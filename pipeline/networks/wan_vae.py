@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoints import check_state_dict, read_state_dict
+
 # Per-channel statistics of Wan2.1 latents (its `WanVAE` wrapper): latents are handed to the DiT as
 # (mu - mean) / std so that every channel has roughly unit variance.
 WAN_LATENT_MEAN = (
@@ -364,43 +366,12 @@ class WanVAEStreamDecoder:
         return out
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a `.safetensors` file, or of a `.pth`/`.pt` state dict loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VAE checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    # weights_only: a checkpoint is data; never let it run pickled code.
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}")
-    return sd
-
-
-def check_state_dict(model: nn.Module, sd: dict[str, Tensor], source: str = "checkpoint", show: int = 5) -> None:
-    """Raise ValueError naming (the first `show`) missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}"
-              for k in sorted(set(sd) & set(expected)) if tuple(sd[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs model)", shapes)):
-        if items:
-            more = f", ... (+{len(items) - show} more)" if len(items) > show else ""
-            problems.append(f"{len(items)} {label} key(s): {', '.join(items[:show])}{more}")
-    if problems:
-        raise ValueError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
-
-
 def load_wan_vae(path: str | Path, dim: int = 96, z_dim: int = 16, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> WanVAE:
     """Build `WanVAE(dim, z_dim)` from a checkpoint (strict keys and shapes), in eval mode, frozen."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VAE checkpoint not found: {path}")
     sd = read_state_dict(path)
     # Meta construction skips random init of ~127M parameters that would be overwritten anyway.
     with torch.device("meta"):
@@ -412,5 +383,5 @@ def load_wan_vae(path: str | Path, dim: int = 96, z_dim: int = 16, device: str |
 
 __all__ = [
     "WAN_LATENT_MEAN", "WAN_LATENT_STD", "CausalConv3d", "WanVAE", "WanVAEStreamDecoder",
-    "check_state_dict", "load_wan_vae", "read_state_dict",
+    "load_wan_vae",
 ]
