@@ -6,6 +6,7 @@ text-encoder loading happen before the clock starts.
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -22,7 +23,8 @@ def peak_rss_bytes() -> int:
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__}
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

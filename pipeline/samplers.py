@@ -34,6 +34,11 @@ def _noise(shape: tuple[int, ...], generator: torch.Generator, device, dtype) ->
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
+def _step_timesteps(levels: Tensor, block_shape: tuple[int, ...], device) -> list[Tensor]:
+    """Per step k, the per-frame timestep tensor [B, fpb] of one block, made on the device once."""
+    return [torch.full(block_shape[:2], float(tau), device=device) for tau in levels.tolist()]
+
+
 def rolling(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_blocks: int | None,
             generator: torch.Generator, device=None, dtype=torch.float32,
             num_train_timesteps: int = 1000) -> Iterator[tuple[int, Tensor]]:
@@ -47,11 +52,13 @@ def rolling(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_
     """
     k_steps = len(levels)
     fpb = block_shape[1]
+    step_t = _step_timesteps(levels, block_shape, device)
+    tau = levels.tolist()
     noisy: dict[int, Tensor] = {}
     for p in rolling_passes(num_blocks, k_steps):
         x = torch.cat([noisy.pop(b) if k else _noise(block_shape, generator, device, dtype)
                        for b, k in zip(p.blocks, p.steps)], dim=1)
-        t = torch.cat([levels[k].float().expand(block_shape[0], fpb) for k in p.steps], dim=1).to(device)
+        t = torch.cat([step_t[k] for k in p.steps], dim=1)
         x0 = backend.predict(p.blocks, x, t)
         final = None
         for i, (b, k) in enumerate(zip(p.blocks, p.steps)):
@@ -59,7 +66,7 @@ def rolling(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_
             if k == k_steps - 1:
                 final = x0_b
             else:
-                noisy[b] = add_noise(x0_b, _noise(block_shape, generator, device, dtype), levels[k + 1],
+                noisy[b] = add_noise(x0_b, _noise(block_shape, generator, device, dtype), tau[k + 1],
                                      num_train_timesteps)
         if final is not None:
             backend.commit(p.first, final)
@@ -70,15 +77,15 @@ def block_ar(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num
              generator: torch.Generator, device=None, dtype=torch.float32,
              num_train_timesteps: int = 1000) -> Iterator[tuple[int, Tensor]]:
     """Block autoregression: block b goes noise -> tau[0] -> ... -> tau[K-1] -> x0, then is committed."""
-    fpb = block_shape[1]
+    step_t = _step_timesteps(levels, block_shape, device)
+    tau = levels.tolist()
     blocks = itertools.count() if num_blocks is None else range(num_blocks)
     for b in blocks:
         x = _noise(block_shape, generator, device, dtype)
-        for k in range(len(levels)):
-            t = levels[k].float().expand(block_shape[0], fpb).to(device)
-            x0 = backend.predict((b,), x, t)
-            if k + 1 < len(levels):
-                x = add_noise(x0, _noise(block_shape, generator, device, dtype), levels[k + 1], num_train_timesteps)
+        for k in range(len(tau)):
+            x0 = backend.predict((b,), x, step_t[k])
+            if k + 1 < len(tau):
+                x = add_noise(x0, _noise(block_shape, generator, device, dtype), tau[k + 1], num_train_timesteps)
         backend.commit(b, x0)
         yield b, x0
 

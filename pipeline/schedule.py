@@ -40,8 +40,13 @@ def teacher_sigmas(num_steps: int, shift: float) -> Tensor:
     return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift)
 
 
-def _sigma_like(t: Tensor | float, x: Tensor, num_train_timesteps: int) -> Tensor:
-    """sigma = t / T broadcast against x [B, F, C, H, W]; t is a scalar, [B] or [B, F]."""
+def _sigma_like(t: Tensor | float, x: Tensor, num_train_timesteps: int) -> Tensor | float:
+    """sigma = t / T broadcast against x [B, F, C, H, W]; t is a Python number, [B] or [B, F].
+
+    A Python number stays a Python number (no host->device copy in the sampling loop).
+    """
+    if isinstance(t, int | float):
+        return float(t) / num_train_timesteps
     sigma = torch.as_tensor(t, dtype=torch.float64, device=x.device) / num_train_timesteps
     while sigma.dim() < x.dim():
         sigma = sigma.unsqueeze(-1)
