@@ -109,8 +109,8 @@ class StreamingGenerator:
         if not meta.is_file():
             return
         saved = json.loads(meta.read_text()).get("model", {})
-        mine = asdict(self.cfg.model)
-        diff = [k for k, v in saved.items() if k in mine and k != "weights" and list(np.atleast_1d(v)) != list(np.atleast_1d(mine[k]))]
+        mine = json.loads(json.dumps(asdict(self.cfg.model)))  # tuples -> lists, as saved
+        diff = [k for k, v in saved.items() if k in mine and k != "weights" and v != mine[k]]
         if diff:
             raise ConfigError(f"model.{diff[0]}: checkpoint {ckpt} was trained with {diff[0]}={saved[diff[0]]}, "
                               f"config says {mine[diff[0]]}")

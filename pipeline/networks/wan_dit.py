@@ -312,7 +312,7 @@ def build_dit(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device(device):
-        model = WanDiT(cfg)
-    if str(device) != "meta":
-        model.init_weights(zero_head=zero_head)
+        model = WanDiT(cfg)  # Wan's init, zero head
+    if not zero_head and str(device) != "meta":
+        model.init_weights(zero_head=False)
     return model.to(dtype=dtype)
