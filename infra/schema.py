@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from data.config import DataConfig
 from pipeline.config import GeneratorConfig
+
+from .distributed import RayConfig
 
 
 @dataclass
@@ -20,4 +23,18 @@ class OutputConfig:
 
 @dataclass
 class Config(GeneratorConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        self.data.validate("data")
+        self.ray.validate("ray")
+
+    @property
+    def clip_frames(self) -> int:
+        """Video frames per training clip: data.clip_frames, or the teacher's context length."""
+        if self.data.clip_frames is not None:
+            return self.data.clip_frames
+        return self.codec.video_frames(self.stream.context_frames)

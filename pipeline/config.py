@@ -92,6 +92,12 @@ class CodecConfig:
             _require(self.spatial_factor == 8, f"{prefix}.spatial_factor", "the Wan VAE downsamples by exactly 8")
             _require(self.temporal_factor == 4, f"{prefix}.temporal_factor", "the Wan VAE downsamples time by exactly 4")
 
+    def video_frames(self, latent_frames: int) -> int:
+        """Video frames decoded from `latent_frames` (pixel: n*t; Wan VAE, causal in time: 1 + 4(n-1))."""
+        if self.kind == "pixel":
+            return latent_frames * self.temporal_factor
+        return 0 if latent_frames == 0 else 1 + self.temporal_factor * (latent_frames - 1)
+
     @property
     def latent_channels(self) -> int:
         if self.kind == "pixel":

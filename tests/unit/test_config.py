@@ -87,3 +87,14 @@ def test_resolved_config_round_trips(tmp_path):
     assert to_dict(load_config(Config, path)) == to_dict(cfg)
     assert yaml.safe_load(path.read_text())["stream"]["sink_blocks"] == 2
     assert flatten(to_dict(cfg))["stream.sink_blocks"] == 2
+
+
+def test_clip_frames_derived_from_context_and_codec():
+    assert load_config(Config, TINY).clip_frames == 18  # pixel codec, 18 context frames
+    wan = load_config(Config, REPO / "configs/wan2.1_t2v_1.3b.yaml")
+    assert wan.clip_frames == 81  # Wan: 21 latent frames <-> 81 video frames
+    assert load_config(Config, TINY, ["data.clip_frames=30"]).clip_frames == 30
+    with pytest.raises(ConfigError, match="data.crop"):
+        load_config(Config, TINY, ["data.crop=diagonal"])
+    with pytest.raises(ConfigError, match="ray.num_cpus"):
+        load_config(Config, TINY, ["ray.num_cpus=0"])

@@ -1,0 +1,44 @@
+"""Low-level Ray runtime helper shared by every stage: one way to start or join Ray.
+
+Embedded default: a local Ray with the dashboard off (or bound to 127.0.0.1). `ray.address=auto`
+or an explicit address (or $RAY_ADDRESS) joins a running cluster instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from pipeline.config import ConfigError
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray; "auto" or host:port joins a cluster
+    num_cpus: int | None = None  # local Ray only; None = all cores
+    dashboard: bool = False  # local Ray only; bound to 127.0.0.1 when on
+    object_store_mb: int = 512  # local Ray only: keeps a laptop run small
+
+    def validate(self, prefix: str = "ray") -> None:
+        if self.num_cpus is not None and self.num_cpus <= 0:
+            raise ConfigError(f"{prefix}.num_cpus: must be positive (or null for all cores)")
+        if self.object_store_mb < 64:
+            raise ConfigError(f"{prefix}.object_store_mb: must be at least 64")
+
+
+def init_ray(cfg: RayConfig | None = None):
+    """Start (or join) Ray once per process; returns the ray module. Idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
+                 object_store_memory=cfg.object_store_mb * 1024 * 1024, logging_level=logging.WARNING,
+                 configure_logging=True, log_to_driver=True)
+    return ray
