@@ -1,0 +1,1 @@
+"""Videos -> webdataset shards -> latents + text embeddings -> resumable training loaders."""
