@@ -30,6 +30,7 @@ demo:
 
 bench:
 	$(PY) bench/stream_cache.py --config configs/tiny.yaml
+	$(PY) bench/data_pipeline.py --config configs/tiny.yaml
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.config import SAMPLER_KINDS, ConfigError
 
+from . import cli_data
 from .config import dump_yaml, load_config, save_resolved
 from .schema import Config
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cache-free reference: recompute every pass from scratch with an explicit mask")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
     bs.set_defaults(func=cmd_bench_stream)
+
+    cli_data.register(sub, _add_config_args)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- overrides)", epilog=EPILOG)
     _add_config_args(c)

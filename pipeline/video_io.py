@@ -23,7 +23,12 @@ def to_uint8_frames(video: Tensor) -> np.ndarray:
 class Mp4Writer:
     """with Mp4Writer(path, fps, width, height) as w: w.write(frames_uint8[n, H, W, 3])"""
 
-    def __init__(self, path: str | Path, fps: int, width: int, height: int, crf: int = 18):
+    # mbtree off: with x264's macroblock-tree rate control the same frames can encode (and even
+    # decode) differently from run to run; off, output is byte-identical for identical input.
+    DEFAULT_OPTIONS = {"x264-params": "mbtree=0"}
+
+    def __init__(self, path: str | Path, fps: int, width: int, height: int, crf: int = 18,
+                 options: dict[str, str] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frames_written = 0
@@ -32,7 +37,7 @@ class Mp4Writer:
         # yuv420p needs even sizes; odd tiny sizes are padded by one pixel rather than rejected
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf)}
+        self._stream.options = {"crf": str(crf), **self.DEFAULT_OPTIONS, **(options or {})}
         self._size = (height, width)
 
     def write(self, frames: np.ndarray) -> None:

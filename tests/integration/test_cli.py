@@ -67,3 +67,27 @@ def test_bad_config_fails_with_named_key():
     assert proc.returncode == 2 and "stream.window_blocks" in proc.stderr
     proc = rollforge("generate", "--config", TINY, "--out", "/tmp/x.mp4", "--prompt", "p", "model.nope=1", check=False)
     assert proc.returncode == 2 and "model.nope" in proc.stderr
+
+
+def test_data_commands_end_to_end(tmp_path):
+    """demo -> shard -> precompute -> prompts through the console script, on real encoders."""
+    rollforge("data", "demo", "--config", TINY, "--out", str(tmp_path / "videos"), "--world", "3", "--seconds", "2",
+              "--no-real")
+    assert len(list((tmp_path / "videos/world").glob("*.mp4"))) == 3
+    (tmp_path / "videos/world/broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "videos/world/broken.txt").write_text("a broken file\n")
+    proc = rollforge("data", "shard", "--config", TINY, "--input", str(tmp_path / "videos"),
+                     "--output", str(tmp_path / "shards"), "--shard-size", "2")
+    summary = json.loads((tmp_path / "shards/summary.json").read_text())
+    assert summary["ok"] == 3 and summary["skipped"]["unreadable"] == 1 and "3 videos" in proc.stdout
+    assert (tmp_path / "shards/config.resolved.yaml").is_file()
+    latents = tmp_path / "latents"
+    over = [f"data.shards={tmp_path / 'shards'}", f"data.latents={latents}", "data.workers=1"]
+    rollforge("data", "precompute", "--config", TINY, *over)
+    manifest = json.loads((latents / "manifest.json").read_text())
+    assert manifest["count"] == 3
+    again = rollforge("data", "precompute", "--config", TINY, *over).stdout
+    assert "up to date" in again
+    (tmp_path / "p.txt").write_text("a red ball\n# not a prompt\na blue cube\n")
+    rollforge("data", "prompts", "--config", TINY, "--input", str(tmp_path / "p.txt"), "--out", str(tmp_path / "pr"))
+    assert (tmp_path / "pr/prompts.safetensors").is_file()

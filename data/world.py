@@ -1,0 +1,263 @@
+"""A procedural world: coloured shapes bouncing in a box, with captions and exact ground truth.
+
+It is the tiny teacher's training data, and its ground truth makes long-horizon drift measurable:
+every object keeps its colour, size and count for the whole video, and its position at frame `i`
+is known in closed form.
+
+Dynamics. Each shape's *centre* moves at constant velocity `v` (px/s) inside the box
+`[r, W - r] x [r, H - r]` (`r = size / 2`) and reflects elastically off the walls. The position at
+time `t = i / fps` is the unfolded straight-line motion folded back into the box (a triangle wave),
+so positions are exact and do not accumulate integration error:
+
+    u = (p0 - lo + v t) mod 2L,   p(t) = lo + (u if u <= L else 2L - u),   L = hi - lo.
+
+Drawing. Pixel `(row y, column x)` is tested at its centre `(x + 0.5, y + 0.5)`; shapes are drawn
+in list order (later shapes on top) with hard edges (no anti-aliasing). `size` is the side of the
+shape's bounding box: the diameter of a circle, the side of a square, the base and height of an
+upward triangle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.video_io import Mp4Writer
+
+KINDS = ("circle", "square", "triangle")
+
+# Saturated, mutually distant colours: they survive yuv420p chroma subsampling and stay nameable.
+SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (40, 200, 60),
+    "blue": (40, 80, 235),
+    "yellow": (240, 220, 40),
+    "white": (245, 245, 245),
+    "cyan": (40, 220, 230),
+    "magenta": (220, 50, 210),
+    "orange": (245, 140, 30),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (0, 0, 0),
+    "gray": (110, 110, 110),
+    "dark blue": (15, 20, 70),
+}
+
+@dataclass
+class ShapeSpec:
+    """One object: `kind` in KINDS, colour `colour`/`rgb`, bounding-box side `size` (px), centre
+    `position` (x, y) at t = 0 and `velocity` (vx, vy) in px/s."""
+
+    kind: str
+    colour: str
+    rgb: tuple[int, int, int]
+    size: int
+    position: tuple[float, float]
+    velocity: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown shape kind {self.kind!r}; valid: {', '.join(KINDS)}")
+        if self.size <= 0:
+            raise ValueError(f"shape size must be positive, got {self.size}")
+
+
+@dataclass
+class WorldSpec:
+    """A whole video: background, shapes (drawn in order), fps, duration (s), frame size, seed."""
+
+    background: str
+    background_rgb: tuple[int, int, int]
+    shapes: list[ShapeSpec] = field(default_factory=list)
+    fps: int = 16
+    duration: float = 4.0
+    width: int = 64
+    height: int = 64
+    seed: int | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(round(self.duration * self.fps))
+
+    def __post_init__(self) -> None:
+        for s in self.shapes:
+            if s.size > min(self.width, self.height):
+                raise ValueError(f"a {s.size}px {s.kind} does not fit in a {self.width}x{self.height} world")
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+
+def sample_world(rng: random.Random, width: int, height: int, fps: int, seconds: float,
+                 max_shapes: int = 3, seed: int | None = None) -> WorldSpec:
+    """A random world: 1..max_shapes shapes of distinct colours (none the background's), sizes
+    15-30 % of the short side, speeds 15-50 % of the short side per second on each axis.
+
+    Only `rng` is consumed, so the result is a pure function of its state; `seed` is recorded.
+    """
+    if max_shapes < 1:
+        raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
+    short = min(width, height)
+    background = rng.choice(sorted(BACKGROUNDS))
+    palette = sorted(SHAPE_COLOURS)
+    count = rng.randint(1, min(max_shapes, len(palette)))
+    colours = rng.sample(palette, count)
+    shapes = []
+    for colour in colours:
+        size = max(4, int(round(short * rng.uniform(0.15, 0.30))))
+        r = size / 2
+        pos = (rng.uniform(r, width - r), rng.uniform(r, height - r))
+        vel = tuple(rng.choice((-1, 1)) * short * rng.uniform(0.15, 0.50) for _ in range(2))
+        shapes.append(ShapeSpec(kind=rng.choice(KINDS), colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
+                                position=(round(pos[0], 3), round(pos[1], 3)),
+                                velocity=(round(vel[0], 3), round(vel[1], 3))))
+    return WorldSpec(background=background, background_rgb=BACKGROUNDS[background], shapes=shapes,
+                     fps=fps, duration=float(seconds), width=width, height=height, seed=seed)
+
+
+# ------------------------------------------------------------------------------------ dynamics
+
+
+def _fold(p0: float, v: float, t: float, lo: float, hi: float) -> float:
+    span = hi - lo
+    if span <= 0:
+        return lo
+    u = (p0 - lo + v * t) % (2 * span)
+    return lo + (u if u <= span else 2 * span - u)
+
+
+def shape_position(shape: ShapeSpec, t: float, width: int, height: int) -> tuple[float, float]:
+    """Centre (x, y) of `shape` at time `t` seconds (elastic bounces off the frame's walls)."""
+    r = shape.size / 2
+    return (_fold(shape.position[0], shape.velocity[0], t, r, width - r),
+            _fold(shape.position[1], shape.velocity[1], t, r, height - r))
+
+
+def shape_mask(shape: ShapeSpec, cx: float, cy: float, width: int, height: int) -> np.ndarray:
+    """bool [H, W]: pixels whose centres lie inside `shape` centred at (cx, cy)."""
+    ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
+    xs = np.arange(width, dtype=np.float64)[None, :] + 0.5
+    dx, dy, r = xs - cx, ys - cy, shape.size / 2
+    if shape.kind == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape.kind == "square":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+    # upward triangle: apex (cx, cy - r), base from (cx - r, cy + r) to (cx + r, cy + r);
+    # at height dy its half-width is (dy + r) / 2.
+    return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+
+def render(spec: WorldSpec) -> Iterator[np.ndarray]:
+    """Yield `spec.num_frames` frames, uint8 [H, W, 3], deterministically."""
+    background = np.empty((spec.height, spec.width, 3), dtype=np.uint8)
+    background[:] = np.asarray(spec.background_rgb, dtype=np.uint8)
+    for i in range(spec.num_frames):
+        t = i / spec.fps
+        frame = background.copy()
+        for shape in spec.shapes:
+            cx, cy = shape_position(shape, t, spec.width, spec.height)
+            frame[shape_mask(shape, cx, cy, spec.width, spec.height)] = np.asarray(shape.rgb, dtype=np.uint8)
+        yield frame
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(spec: WorldSpec) -> str:
+    """E.g. "a red circle, a blue square and a yellow triangle bouncing on a black background"."""
+    parts = [f"{_article(s.colour)} {s.colour} {s.kind}" for s in spec.shapes]
+    if not parts:
+        return f"an empty {spec.background} background"
+    objects = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"{objects} bouncing on a {spec.background} background"
+
+
+def ground_truth(spec: WorldSpec) -> dict:
+    """JSON-serialisable truth: frame geometry, background, object count, and per shape its kind,
+    colour, RGB, size, velocity and per-frame centre positions `[[x, y], ...]` (one per frame)."""
+    shapes = []
+    for s in spec.shapes:
+        positions = [[round(c, 4) for c in shape_position(s, i / spec.fps, spec.width, spec.height)]
+                     for i in range(spec.num_frames)]
+        shapes.append({"kind": s.kind, "colour": s.colour, "rgb": list(s.rgb), "size": s.size,
+                       "velocity": list(s.velocity), "positions": positions})
+    return {"width": spec.width, "height": spec.height, "fps": spec.fps, "num_frames": spec.num_frames,
+            "duration": spec.duration, "seed": spec.seed, "caption": caption(spec),
+            "background": {"name": spec.background, "rgb": list(spec.background_rgb)},
+            "count": len(spec.shapes), "shapes": shapes, "spec": spec_to_dict(spec)}
+
+
+def spec_to_dict(spec: WorldSpec) -> dict:
+    """The spec as plain JSON types (tuples become lists); inverse of `spec_from_dict`."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def spec_from_dict(d: dict) -> WorldSpec:
+    shapes = [ShapeSpec(kind=s["kind"], colour=s["colour"], rgb=tuple(s["rgb"]), size=int(s["size"]),
+                        position=tuple(s["position"]), velocity=tuple(s["velocity"])) for s in d["shapes"]]
+    return WorldSpec(background=d["background"], background_rgb=tuple(d["background_rgb"]), shapes=shapes,
+                     fps=int(d["fps"]), duration=float(d["duration"]), width=int(d["width"]),
+                     height=int(d["height"]), seed=d.get("seed"))
+
+
+# ------------------------------------------------------------------------------------- dataset
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def world_seed(seed: int, index: int) -> int:
+    """The per-video seed of video `index` in a dataset drawn with `seed` (stable across runs)."""
+    return (seed * 1_000_003 + index) & 0x7FFFFFFF
+
+
+def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height: int = 64, fps: int = 16,
+                        seconds: float = 4.0, seed: int = 0, max_shapes: int = 3) -> list[Path]:
+    """Write `count` worlds as `world_XXXX.mp4` + `world_XXXX.txt` (caption) + `world_XXXX.gt.json`.
+
+    Video `i` is drawn from `random.Random(world_seed(seed, i))`, so the dataset is deterministic
+    for a seed and a prefix of a larger dataset equals the smaller one. Each file is written under a
+    temporary name and renamed into place. Returns the mp4 paths in order.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    scratch = Path(tempfile.mkdtemp(prefix=".world-", dir=out))  # same filesystem: os.replace is atomic
+    try:
+        for i in range(count):
+            s = world_seed(seed, i)
+            spec = sample_world(random.Random(s), width, height, fps, seconds, max_shapes=max_shapes, seed=s)
+            stem = f"world_{i:04d}"
+            video = out / f"{stem}.mp4"
+            with Mp4Writer(scratch / video.name, fps=fps, width=width, height=height) as writer:
+                for frame in render(spec):
+                    writer.write(frame[None])
+            os.replace(scratch / video.name, video)
+            _write_text_atomic(out / f"{stem}.txt", caption(spec) + "\n")
+            _write_text_atomic(out / f"{stem}.gt.json", json.dumps(ground_truth(spec)))
+            paths.append(video)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return paths
+
+
+__all__ = [
+    "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "ShapeSpec", "WorldSpec", "caption", "ground_truth", "render",
+    "sample_world", "shape_mask", "shape_position", "spec_from_dict", "spec_to_dict", "world_seed",
+    "write_world_dataset",
+]

@@ -1,0 +1,115 @@
+"""`rollforge data ...`: shard videos, precompute latents, build demo datasets, embed prompt sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .config import load_config, save_resolved
+from .schema import Config
+
+EPILOG = "Overrides: any config key as key.sub=value, e.g. data.shard_size=32 ray.address=auto"
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(Config, args.config, args.overrides)
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from data.shard import shard_videos
+
+    cfg = _load(args)
+    if args.input is None and args.manifest is None:
+        raise ValueError("--input FOLDER or --manifest FILE is required")
+    out = args.output or cfg.data.shards
+    summary = shard_videos(args.input, out, manifest=args.manifest, shard_size=args.shard_size or cfg.data.shard_size,
+                           workers=args.workers or cfg.data.workers, missing_caption=cfg.data.missing_caption,
+                           ray_cfg=cfg.ray, min_frames=args.min_frames)
+    save_resolved(cfg, out)
+    skipped = ", ".join(f"{k}={v}" for k, v in sorted(summary["skipped"].items()) if v) or "none"
+    print(f"{summary['ok']} videos in {len(summary['shards'])} shards under {out} (skipped: {skipped}); "
+          f"details in {Path(out) / 'summary.json'}")
+    return 0
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from data.precompute import precompute
+
+    cfg = _load(args)
+    result = precompute(cfg)
+    save_resolved(cfg, cfg.data.latents)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from data.demo_clips import collect_demo_clips
+    from data.world import write_world_dataset
+
+    cfg = _load(args)
+    out = Path(args.out)
+    written = write_world_dataset(out / "world", count=args.world, width=args.world_size, height=args.world_size,
+                                  fps=cfg.video.fps, seconds=args.seconds, seed=cfg.data.seed)
+    print(f"procedural world: {len(written)} videos with captions and ground truth in {out / 'world'}")
+    if not args.no_real:
+        real = collect_demo_clips(out / "real")
+        print(f"real clips: {len(real['collected'])} collected in {out / 'real'}")
+        for name, hint in real["missing"].items():
+            print(f"  missing {name}: {hint}")
+    return 0
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from data.prompts import embed_prompts, read_prompts
+    from pipeline.networks.text_encoders import build_text_encoder
+
+    cfg = _load(args)
+    prompts, counts = read_prompts(args.input)
+    if not prompts:
+        raise ValueError(f"{args.input}: no prompts found ({counts})")
+    out = embed_prompts(prompts, build_text_encoder(cfg.text), args.out)
+    save_resolved(cfg, args.out)
+    print(f"{len(prompts)} prompt embeddings in {out} (read: {counts})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, add_config_args) -> None:
+    d = sub.add_parser("data", help="videos -> shards -> latents; demo datasets; prompt sets")
+    dsub = d.add_subparsers(dest="data_command", metavar="STEP", required=True)
+
+    s = dsub.add_parser("shard", help="pack videos + captions into webdataset tar shards", epilog=EPILOG,
+                        description="Probe videos (in parallel with Ray), skip and count bad ones by reason, and "
+                        "write webdataset shards (KEY.mp4 + KEY.json) atomically; re-runs skip complete shards.")
+    add_config_args(s)
+    s.add_argument("--input", metavar="PATH", help="folder of videos with sidecar .txt/.json captions")
+    s.add_argument("--manifest", metavar="FILE", help="CSV or JSONL with path, caption[, start, end]")
+    s.add_argument("--output", metavar="DIR", help="shard folder (default: data.shards)")
+    s.add_argument("--shard-size", type=int, help="samples per shard (default: data.shard_size)")
+    s.add_argument("--workers", type=int, help="parallel workers (default: data.workers)")
+    s.add_argument("--min-frames", type=int, default=1, help="skip videos with fewer frames (default 1)")
+    s.set_defaults(func=cmd_shard)
+
+    p = dsub.add_parser("precompute", help="encode shards to latents + text embeddings (Ray Data)", epilog=EPILOG,
+                        description="Read data.shards with Ray Data, decode clips, encode them with the configured "
+                        "codec and captions with the text encoder, write latent shards to data.latents. "
+                        "Resumable and idempotent.")
+    add_config_args(p)
+    p.set_defaults(func=cmd_precompute)
+
+    m = dsub.add_parser("demo", help="write the procedural world dataset and collect real demo clips",
+                        epilog=EPILOG, description="Procedural world videos (moving shapes with known dynamics, "
+                        "captions and ground truth) plus real clips shipped by installed packages.")
+    add_config_args(m)
+    m.add_argument("--out", required=True, metavar="DIR")
+    m.add_argument("--world", type=int, default=16, help="number of procedural videos (default 16)")
+    m.add_argument("--world-size", type=int, default=64, help="procedural video width = height in px (default 64)")
+    m.add_argument("--seconds", type=float, default=4.0, help="procedural video length (default 4)")
+    m.add_argument("--no-real", action="store_true", help="skip collecting real clips")
+    m.set_defaults(func=cmd_demo)
+
+    q = dsub.add_parser("prompts", help="embed a prompt-only dataset (txt or jsonl)", epilog=EPILOG)
+    add_config_args(q)
+    q.add_argument("--input", required=True, metavar="FILE")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.set_defaults(func=cmd_prompts)

@@ -1,0 +1,165 @@
+"""The procedural world: real mp4s decoded with PyAV agree with the spec and its ground truth."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import av
+import numpy as np
+import pytest
+
+from data.world import (
+    BACKGROUNDS,
+    SHAPE_COLOURS,
+    ShapeSpec,
+    WorldSpec,
+    caption,
+    ground_truth,
+    render,
+    sample_world,
+    shape_mask,
+    spec_from_dict,
+    write_world_dataset,
+)
+
+W = H = 64
+FPS = 16
+SECONDS = 2.0
+COUNT = 4
+
+
+def decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def load_gt(video) -> dict:
+    return json.loads(video.with_name(video.name.replace(".mp4", ".gt.json")).read_text())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    return write_world_dataset(out, COUNT, width=W, height=H, fps=FPS, seconds=SECONDS, seed=3)
+
+
+def occluders(spec: WorldSpec, gt: dict, k: int, i: int) -> np.ndarray:
+    """Pixels covered at frame i by shapes drawn after shape k."""
+    occ = np.zeros((H, W), dtype=bool)
+    for j in range(k + 1, len(spec.shapes)):
+        x, y = gt["shapes"][j]["positions"][i]
+        occ |= shape_mask(spec.shapes[j], x, y, W, H)
+    return occ
+
+
+def test_files_written_and_decodable(dataset):
+    assert [p.name for p in dataset] == [f"world_{i:04d}.mp4" for i in range(COUNT)]
+    for video in dataset:
+        gt = load_gt(video)
+        assert video.with_suffix(".txt").read_text().strip() == gt["caption"]
+        frames = decode(video)
+        assert len(frames) == gt["num_frames"] == int(SECONDS * FPS)
+        assert all(f.shape == (H, W, 3) for f in frames)
+        assert gt["count"] == len(gt["shapes"]) >= 1
+        assert all(len(s["positions"]) == gt["num_frames"] for s in gt["shapes"])
+    assert not [p for p in dataset[0].parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_decoded_colours_match_ground_truth(dataset):
+    palette = {**SHAPE_COLOURS, **{f"bg:{k}": v for k, v in BACKGROUNDS.items()}}
+    names, table = list(palette), np.array(list(palette.values()), dtype=np.int64)
+    checked = total = 0
+    for video in dataset:
+        gt, frames = load_gt(video), decode(video)
+        spec = spec_from_dict(gt["spec"])
+        for k, shape in enumerate(gt["shapes"]):
+            for i, (x, y) in enumerate(shape["positions"]):
+                total += 1
+                r, c = int(y), int(x)
+                if occluders(spec, gt, k, i)[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].any():
+                    continue  # a later shape is drawn over this one's centre
+                pixel = frames[i][r, c].astype(np.int64)
+                assert np.abs(pixel - shape["rgb"]).max() <= 40, (video.name, k, i, pixel, shape["rgb"])
+                assert names[int(np.abs(table - pixel).sum(1).argmin())] == shape["colour"]
+                checked += 1
+        # background: pixels at least 2 px away from every shape keep the background colour
+        for i, frame in enumerate(frames):
+            covered = np.zeros((H + 4, W + 4), dtype=bool)
+            for s, g in zip(spec.shapes, gt["shapes"]):
+                m = shape_mask(s, *g["positions"][i], W, H)
+                for dy in range(5):
+                    for dx in range(5):
+                        covered[dy:dy + H, dx:dx + W] |= m
+            free = ~covered[2:2 + H, 2:2 + W]
+            assert free.any()
+            mean = frame[free].astype(np.float64).mean(0)
+            assert np.abs(mean - gt["background"]["rgb"]).max() <= 12, (video.name, i, mean)
+    assert checked >= total // 2, f"only {checked}/{total} centres were unoccluded: the check is vacuous"
+
+
+def test_raw_frames_exact_colours_and_sizes():
+    spec = WorldSpec(background="black", background_rgb=(0, 0, 0), fps=8, duration=1.0, width=W, height=H,
+                     shapes=[ShapeSpec("circle", "red", SHAPE_COLOURS["red"], 20, (15.0, 15.0), (10.0, 0.0)),
+                             ShapeSpec("square", "green", SHAPE_COLOURS["green"], 12, (45.0, 45.0), (0.0, -8.0)),
+                             ShapeSpec("triangle", "blue", SHAPE_COLOURS["blue"], 16, (15.0, 48.0), (5.0, 0.0))])
+    frames = list(render(spec))
+    assert len(frames) == 8 and frames[0].dtype == np.uint8 and frames[0].shape == (H, W, 3)
+    expected_area = {"circle": math.pi * 10**2, "square": 12**2, "triangle": 16 * 16 / 2}
+    gt = ground_truth(spec)
+    for i, frame in enumerate(frames):
+        colours = {tuple(int(v) for v in c) for c in frame.reshape(-1, 3)}
+        assert colours == {(0, 0, 0)} | {s.rgb for s in spec.shapes}
+        for s, g in zip(spec.shapes, gt["shapes"]):
+            x, y = g["positions"][i]
+            assert tuple(frame[int(y), int(x)]) == s.rgb
+            area = int(np.all(frame == s.rgb, axis=-1).sum())
+            assert abs(area - expected_area[s.kind]) <= 0.12 * expected_area[s.kind], (s.kind, area)
+
+
+def test_elastic_bounce_keeps_shapes_inside():
+    shape = ShapeSpec("square", "white", SHAPE_COLOURS["white"], 10, (55.0, 32.0), (40.0, -25.0))
+    spec = WorldSpec(background="gray", background_rgb=BACKGROUNDS["gray"], shapes=[shape], fps=FPS,
+                     duration=6.0, width=W, height=H)
+    pos = np.array(ground_truth(spec)["shapes"][0]["positions"])
+    assert pos[:, 0].min() >= 5 - 1e-6 and pos[:, 0].max() <= W - 5 + 1e-6
+    assert pos[:, 1].min() >= 5 - 1e-6 and pos[:, 1].max() <= H - 5 + 1e-6
+    step = np.abs(np.diff(pos, axis=0))
+    assert np.all(step <= np.array([40.0, 25.0]) / FPS + 1e-3)  # never faster than |v|
+    free = np.isclose(step, np.array([40.0, 25.0]) / FPS, atol=1e-3).all(axis=1)
+    assert free.mean() > 0.8  # away from the walls it moves at exactly v
+    dx = np.sign(np.diff(pos[:, 0]))
+    assert (dx[1:] != dx[:-1]).sum() >= 4  # 6 s at 40 px/s in a 54 px track: several bounces
+
+
+def test_deterministic_for_a_seed(dataset, tmp_path):
+    again = write_world_dataset(tmp_path / "a", 2, width=W, height=H, fps=FPS, seconds=SECONDS, seed=3)
+    for a, b in zip(again, dataset[:2]):
+        assert load_gt(a) == load_gt(b)
+        assert a.with_suffix(".txt").read_text() == b.with_suffix(".txt").read_text()
+        assert a.read_bytes() == b.read_bytes(), "same seed must give byte-identical mp4s"
+    other = write_world_dataset(tmp_path / "b", 2, width=W, height=H, fps=FPS, seconds=SECONDS, seed=4)
+    assert [load_gt(p)["spec"] for p in other] != [load_gt(p)["spec"] for p in dataset[:2]]
+
+
+def test_captions_mention_every_shape_and_gt_is_json():
+    kinds_seen = set()
+    for i in range(60):
+        spec = sample_world(random.Random(i), W, H, FPS, 1.0, max_shapes=3)
+        text = caption(spec)
+        assert 1 <= len(spec.shapes) <= 3
+        assert len({s.colour for s in spec.shapes}) == len(spec.shapes), "colours identify objects"
+        assert all(s.rgb != spec.background_rgb and s.size <= min(W, H) for s in spec.shapes)
+        for s in spec.shapes:
+            assert f"{s.colour} {s.kind}" in text, (text, s)
+            kinds_seen.add(s.kind)
+        assert text.endswith(f"on a {spec.background} background")
+        assert " a o" not in text and " a e" not in text  # "an orange", not "a orange"
+        gt = json.loads(json.dumps(ground_truth(spec)))
+        assert gt["count"] == len(spec.shapes)
+        assert [s["rgb"] for s in gt["shapes"]] == [list(s.rgb) for s in spec.shapes]
+        assert spec_from_dict(gt["spec"]) == spec
+    assert kinds_seen == {"circle", "square", "triangle"}
+    with pytest.raises(ValueError, match="kind"):
+        ShapeSpec("hexagon", "red", (1, 2, 3), 5, (0.0, 0.0), (0.0, 0.0))
