@@ -6,6 +6,8 @@ DEMO_DIR ?= outputs/demo
 # Every pip call (and every package's own build environment) stays on the CPU torch wheel.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
+# DeepSpeed compiles a shared-memory comm op once (~60 s); keep it with the venv.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 
 .PHONY: install test demo bench lint clean
 

@@ -157,20 +157,23 @@ def _encode_stream(cfg, paths: list[Path], progress: bool):
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, progress
     have = ray.cluster_resources()
-    gpus, cpus = int(have.get("GPU", 0)), int(have.get("CPU", 1))
+    gpus, cpus = int(have.get("GPU", 0)), float(have.get("CPU", 1))
     gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and gpus > 0)
     # Actors hold their CPU for the whole run: leave one for the read tasks or the stream deadlocks.
-    actors = max(1, min(cfg.data.workers, gpus if gpu else cpus - 1))
+    actors = max(1, min(cfg.data.workers, gpus if gpu else int(cpus) - 1))
     if actors < cfg.data.workers:
         log.warning("precompute: %d encoder actors instead of data.workers=%d (%d CPUs, %d GPUs in Ray)",
                     actors, cfg.data.workers, cpus, gpus)
-    ds = ray.data.read_webdataset([str(p) for p in paths], decoder=None)
+    share = 1.0 if gpu or cpus >= 2 else max(cpus, 1) / 2
+    # On a 1-CPU Ray (a laptop, or a process that started Ray small) the actor and the read/decode
+    # tasks must fit together, so each asks for half a CPU instead of a whole one.
+    ds = ray.data.read_webdataset([str(p) for p in paths], decoder=None, ray_remote_args={"num_cpus": share})
     clip = {"num_frames": cfg.clip_frames, "fps": cfg.video.fps, "height": cfg.video.height,
             "width": cfg.video.width, "crop": cfg.data.crop, "seed": cfg.data.seed}
-    ds = ds.map(_decode_row, fn_kwargs={"clip": clip, "missing_caption": cfg.data.missing_caption}, num_cpus=1)
+    ds = ds.map(_decode_row, fn_kwargs={"clip": clip, "missing_caption": cfg.data.missing_caption}, num_cpus=share)
     ds = ds.map_batches(_Encoder, fn_constructor_args=(cfg,), compute=ray.data.ActorPoolStrategy(size=actors),
                         batch_size=cfg.data.encode_batch, batch_format="numpy",
-                        num_gpus=1 if gpu else 0, num_cpus=1)
+                        num_gpus=1 if gpu else 0, num_cpus=share)
     try:
         yield from ds.iter_rows()
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.config import SAMPLER_KINDS, ConfigError
 
-from . import cli_data
+from . import cli_data, cli_train
 from .config import dump_yaml, load_config, save_resolved
 from .schema import Config
 
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench_stream)
 
     cli_data.register(sub, _add_config_args)
+    cli_train.register(sub, _add_config_args)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- overrides)", epilog=EPILOG)
     _add_config_args(c)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from data.config import DataConfig
 from pipeline.config import GeneratorConfig
+from training.config import TrackingConfig, TrainConfig
 
 from .distributed import RayConfig
 
@@ -25,12 +26,16 @@ class OutputConfig:
 class Config(GeneratorConfig):
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> None:
         super().validate()
         self.data.validate("data")
         self.ray.validate("ray")
+        self.train.validate("train")
+        self.tracking.validate("tracking")
 
     @property
     def clip_frames(self) -> int:

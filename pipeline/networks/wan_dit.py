@@ -110,6 +110,17 @@ class DiTBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
+    def forward(self, x: Tensor, e0: Tensor, frames: int, ctx: tuple[Tensor, Tensor] | None,
+                text_kv: tuple[Tensor, Tensor], mask: Tensor | None, cos: Tensor, sin: Tensor,
+                q_cos: Tensor, q_sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One block over query tokens x [B, L, dim] attending to [ctx | x]; returns (x, k, v) with
+        x's pre-RoPE k, v [B, L, n, d]. (Going through forward lets ZeRO-3 gather `modulation`.)"""
+        mods = self.mods(e0)
+        q, k, v = self.attn_inputs(x, mods, frames)
+        keys, values = (k, v) if ctx is None else (torch.cat([ctx[0], k], 1), torch.cat([ctx[1], v], 1))
+        out = attention(apply_rope(q, q_cos, q_sin), apply_rope(keys, cos, sin), values, mask)
+        return self.finish(x, out, mods, text_kv, frames), k, v
+
     def mods(self, e0: Tensor) -> tuple[Tensor, ...]:
         """e0 [B, f, 6, dim] -> six [B, f, dim] float32 tensors."""
         return (self.modulation.float()[:, None] + e0.float()).unbind(2)
@@ -281,11 +292,11 @@ class WanDiT(nn.Module):
         hidden = tok.x
         for i, blk in enumerate(self.blocks):
             ctx_i = None if kv_context is None else (kv_context[0][i], kv_context[1][i])
+            args = (hidden, tok.e0, f, ctx_i, text.layer(i), attn_mask, cos, sin, q_cos, q_sin)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                hidden, k, v = checkpoint(self._block, blk, hidden, tok, ctx_i, text.layer(i), attn_mask,
-                                          cos, sin, q_cos, q_sin, use_reentrant=False)
+                hidden, k, v = checkpoint(blk, *args, use_reentrant=False)
             else:
-                hidden, k, v = self._block(blk, hidden, tok, ctx_i, text.layer(i), attn_mask, cos, sin, q_cos, q_sin)
+                hidden, k, v = blk(*args)
             if return_kv:
                 ks.append(k)
                 vs.append(v)
@@ -293,17 +304,6 @@ class WanDiT(nn.Module):
         if return_kv:
             return flow, (torch.stack(ks), torch.stack(vs))
         return flow
-
-    @staticmethod
-    def _block(blk: DiTBlock, x: Tensor, tok: Tokens, ctx: tuple[Tensor, Tensor] | None,
-               text_kv: tuple[Tensor, Tensor], mask: Tensor | None, cos: Tensor, sin: Tensor,
-               q_cos: Tensor, q_sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        frames = tok.grid[0]
-        mods = blk.mods(tok.e0)
-        q, k, v = blk.attn_inputs(x, mods, frames)
-        keys, values = (k, v) if ctx is None else (torch.cat([ctx[0], k], 1), torch.cat([ctx[1], v], 1))
-        out = attention(apply_rope(q, q_cos, q_sin), apply_rope(keys, cos, sin), values, mask)
-        return blk.finish(x, out, mods, text_kv, frames), k, v
 
 
 def build_dit(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -1,0 +1,78 @@
+"""`rollforge train` and `rollforge export`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .schema import Config
+
+EPILOG = "Overrides: any config key as key.sub=value, e.g. train.zero_stage=3 train.generator.lr=1.0e-5"
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides) + [f"train.stage={args.stage}"]
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    return load_config(Config, args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)  # validate before spawning anything
+    if args.nproc > 1 and "RANK" not in os.environ:
+        from training.dist import free_port
+
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--nproc")
+        del argv[i:i + 2]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "infra.cli", *argv]
+        return subprocess.call(cmd)
+    from training.objectives import NonFiniteLoss
+    from training.trainer import train_loop
+
+    try:
+        logs = train_loop(cfg, args.run_dir, resume=args.resume)
+    except NonFiniteLoss as e:
+        print(f"rollforge: training stopped: {e}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"stage {cfg.train.stage} finished at step {cfg.train.max_steps}: loss {logs.get('loss', float('nan')):.5f}"
+              f"; checkpoint {logs.get('checkpoint')}; MLflow: mlflow ui --backend-store-uri sqlite:///{Path(args.run_dir).resolve()}/mlflow.db")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint
+
+    out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config)
+    print(f"exported {'EMA ' if args.ema else ''}weights to {out} "
+          f"(rollforge generate --config {Path(args.run_dir) / 'config.resolved.yaml'} --checkpoint {out} --prompt ...)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, add_config_args) -> None:
+    t = sub.add_parser("train", help="train a stage (teacher | ode_init | distill) with DeepSpeed", epilog=EPILOG,
+                       description="Run one training stage. Checkpoints go to RUN_DIR/checkpoints (atomic, "
+                       "keep-last-K); --resume continues bit-exactly from the latest complete one. "
+                       "Metrics go to MLflow (SQLite in RUN_DIR by default).")
+    add_config_args(t)
+    t.add_argument("--stage", required=True, choices=("teacher", "ode_init", "distill"))
+    t.add_argument("--run-dir", required=True, metavar="DIR")
+    t.add_argument("--max-steps", type=int, help="override train.max_steps")
+    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint")
+    t.add_argument("--nproc", type=int, default=1, help="local processes (gloo on CPU, NCCL on GPU)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="consolidate a run's checkpoint into model.safetensors + config.json",
+                       description="ZeRO shards (or the EMA) -> one safetensors file in the Wan key layout, "
+                       "config.json and a model card; `rollforge generate --checkpoint OUT` streams from it.")
+    e.add_argument("--run-dir", required=True, metavar="DIR")
+    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--ema", action="store_true", help="export the EMA weights")
+    e.add_argument("--step", type=int, help="a specific checkpoint step (default: latest)")
+    e.set_defaults(func=cmd_export)

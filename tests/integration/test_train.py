@@ -1,0 +1,173 @@
+"""Training through `rollforge train` (2 processes, gloo, DeepSpeed ZeRO-2/3) on real precomputed latents."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from data.precompute import precompute
+from data.shard import shard_videos
+from data.world import write_world_dataset
+from infra.config import load_config
+from infra.schema import Config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs/tiny.yaml")
+pytestmark = pytest.mark.slow
+
+
+def rollforge(*args, env=None, check=True):
+    exe = shutil.which("rollforge") or str(Path(sys.executable).parent / "rollforge")
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rollforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    """Procedural world videos -> shards -> latents + MiniLM text (the real data path)."""
+    root = tmp_path_factory.mktemp("data")
+    write_world_dataset(root / "videos", count=4, width=32, height=32, fps=16, seconds=1.5, seed=0)
+    shard_videos(str(root / "videos"), str(root / "shards"), shard_size=2, workers=1, progress=False)
+    cfg = load_config(Config, TINY, [f"data.shards={root / 'shards'}", f"data.latents={root / 'latents'}",
+                                     "data.workers=1"])
+    precompute(cfg, progress=False)
+    return root / "latents"
+
+
+def train(run_dir, stage, latents, *over, nproc=2, steps=4, env=None, check=True, resume=False):
+    args = ["train", "--config", TINY, "--stage", stage, "--run-dir", str(run_dir), "--max-steps", str(steps),
+            "--nproc", str(nproc), f"data.latents={latents}", "train.log_every=1", "train.checkpoint_every=3",
+            "tracking.enabled=true", *over]
+    return rollforge(*args, *(["--resume"] if resume else []), env=env, check=check)
+
+
+def losses(run_dir, key="loss"):
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir}/mlflow.db")
+    run_id = (Path(run_dir) / "mlflow_run_id").read_text().strip()
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)], client, run_id
+
+
+def exported(run_dir, out, ema=False):
+    rollforge("export", "--run-dir", str(run_dir), "--out", str(out), *(["--ema"] if ema else []))
+    return load_file(str(Path(out) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def teacher(latents, tmp_path_factory):
+    run = tmp_path_factory.mktemp("teacher")
+    train(run, "teacher", latents, "train.zero_stage=2", steps=6)
+    return run
+
+
+def test_teacher_zero2_logs_to_mlflow_and_exports(teacher, tmp_path):
+    values, client, run_id = losses(teacher)
+    assert len(values) == 6 and all(map(lambda v: v == v and abs(v) < 1e6, values))
+    run = client.get_run(run_id)
+    assert run.data.params["train.zero_stage"] == "2" and run.data.params["model.dim"] == "64"
+    for key in ("tokens_per_s", "lr/generator", "grad_norm/generator", "time/data", "time/compute"):
+        assert key in run.data.metrics, key
+    assert any(a.path.endswith(".mp4") for a in client.list_artifacts(run_id, "samples"))
+    ckpts = sorted(p.name for p in (teacher / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_000003", "step_000006"]  # keep_last 2
+    weights = exported(teacher, tmp_path / "export")
+    ema = exported(teacher, tmp_path / "ema", ema=True)
+    assert set(weights) == set(ema) and all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_export_then_generate_equals_in_memory_ema(teacher, tmp_path):
+    from pipeline.generator import PromptSchedule, StreamingGenerator
+
+    exported(teacher, tmp_path / "ema", ema=True)
+    cfg = load_config(Config, teacher / "config.resolved.yaml")
+    from_export = StreamingGenerator(cfg, checkpoint=tmp_path / "ema")
+    in_memory = StreamingGenerator(cfg)
+    ema = load_file(str(teacher / "checkpoints/step_000006/ema.safetensors"))
+    in_memory.model.load_state_dict(ema)
+    s = PromptSchedule.single("a red circle")
+    a = torch.cat([x for _, x in from_export.stream_latents(s, 3, "rolling")], 1)
+    b = torch.cat([x for _, x in in_memory.stream_latents(s, 3, "rolling")], 1)
+    assert torch.equal(a, b)
+
+
+def test_teacher_zero3(latents, tmp_path):
+    train(tmp_path, "teacher", latents, "train.zero_stage=3", steps=3)
+    values, _, _ = losses(tmp_path)
+    assert len(values) == 3 and all(v == v for v in values)
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_ode_init_and_distill_stages(teacher, latents, tmp_path, zero):
+    t = teacher / "checkpoints/step_000006/ema.safetensors"
+    train(tmp_path / "ode", "ode_init", latents, f"train.zero_stage={zero}", f"train.teacher={t}",
+          "train.ode_pairs=2", "train.ode_teacher_steps=6", "train.guidance_scale=1.0", steps=3)
+    assert all(v == v for v in losses(tmp_path / "ode")[0])
+    init = tmp_path / "ode/checkpoints/step_000003/ema.safetensors"
+    train(tmp_path / "dmd", "distill", latents, f"train.zero_stage={zero}", f"train.teacher={t}",
+          f"train.init_from={init}", "train.rollout_blocks=7", "train.critic_updates_per_generator=2",
+          "train.guidance_scale=2.0", steps=3)
+    gen_losses = losses(tmp_path / "dmd", "loss/generator")[0]
+    critic_losses = losses(tmp_path / "dmd", "loss/critic")[0]
+    assert len(critic_losses) == 3 and len(gen_losses) == 1  # generator every 2nd step
+    assert all(v == v for v in gen_losses + critic_losses)
+    assert {p.name for p in (tmp_path / "dmd/checkpoints/step_000003").iterdir()} >= {"generator", "critic"}
+
+
+def test_overfitting_a_fixed_batch_drives_the_loss_down(latents, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(sorted(latents.glob("shard-*.tar"))[0], one / "shard-000000.tar")
+    train(tmp_path / "run", "teacher", one, "train.generator.lr=3.0e-3", "data.shuffle_buffer=0",
+          "train.batch_size=2", nproc=1, steps=60)
+    values = losses(tmp_path / "run")[0]
+    assert sum(values[-8:]) / 8 < 0.7 * sum(values[:8]) / 8, values  # fresh noise and t every step
+
+
+def test_resume_is_bit_identical_and_survives_a_crash_mid_save(latents, tmp_path):
+    over = ("train.zero_stage=2",)
+    train(tmp_path / "straight", "teacher", latents, *over, steps=6)
+    # stopped at 3, resumed to 6
+    train(tmp_path / "resumed", "teacher", latents, *over, steps=3)
+    train(tmp_path / "resumed", "teacher", latents, *over, steps=6, resume=True)
+    # crash while saving step 6: the step-3 checkpoint stays `latest`, resume finishes the run
+    crashed = train(tmp_path / "crash", "teacher", latents, *over, steps=6, check=False,
+                    env={"ROLLFORGE_CRASH_DURING_SAVE": "6"})
+    assert crashed.returncode != 0
+    assert (tmp_path / "crash/checkpoints/latest").read_text() == "step_000003"
+    train(tmp_path / "crash", "teacher", latents, *over, steps=6, resume=True)
+    ref = exported(tmp_path / "straight", tmp_path / "e1")
+    for other in ("resumed", "crash"):
+        got = exported(tmp_path / other, tmp_path / f"e_{other}")
+        assert all(torch.equal(ref[k], got[k]) for k in ref), other
+        ema_ref = load_file(str(tmp_path / "straight/checkpoints/step_000006/ema.safetensors"))
+        ema_got = load_file(str(tmp_path / other / "checkpoints/step_000006/ema.safetensors"))
+        assert all(torch.equal(ema_ref[k], ema_got[k]) for k in ema_ref), other
+    assert not list((tmp_path / "crash/checkpoints").glob("*.partial"))
+
+
+def test_non_finite_losses_are_skipped_then_abort_without_checkpoint(latents, tmp_path):
+    """Latents poisoned with NaN: each step is skipped and counted; K in a row stops the run."""
+    import webdataset as wds
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    src = sorted(latents.glob("shard-*.tar"))[0]
+    with wds.TarWriter(str(bad / "shard-000000.tar")) as sink:
+        for sample in wds.WebDataset(str(src), shardshuffle=False):
+            lat = st_load(sample["latent.safetensors"])["latent"]
+            sample = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+            sample["latent.safetensors"] = st_save({"latent": torch.full_like(lat, float("nan"))})
+            sink.write(sample)
+    proc = train(tmp_path / "run", "teacher", bad, "train.max_nonfinite=3", nproc=1, steps=6, check=False)
+    assert proc.returncode != 0 and "non-finite losses in a row" in proc.stderr
+    assert not (tmp_path / "run/checkpoints").exists() or not list((tmp_path / "run/checkpoints").glob("step_*"))

@@ -1,0 +1,1 @@
+"""Training: objectives (teacher flow, ODE init, DMD), rollouts, DeepSpeed engines, checkpoints, export."""

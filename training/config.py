@@ -1,0 +1,92 @@
+"""Typed configuration of training (defaults here, once; validated with key-naming errors).
+
+Reference hyper-parameters (Self-Forcing / Rolling Forcing DMD): AdamW, generator lr 1.5e-6, critic
+4e-7, betas (0, 0.999), weight decay 0.01, grad clip 10, EMA 0.99 from step 200, teacher CFG 4,
+critic updated every step and the generator every 5th. The tiny defaults below train from scratch
+on CPU, hence larger learning rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import ConfigError
+
+STAGES = ("teacher", "ode_init", "distill")
+
+
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.0e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1.0e-8
+    warmup_steps: int = 0
+
+    def validate(self, prefix: str) -> None:
+        _need(self.lr > 0, f"{prefix}.lr", "must be positive")
+        _need(all(0 <= b < 1 for b in self.betas), f"{prefix}.betas", f"each must be in [0, 1), got {self.betas}")
+        _need(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        _need(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "teacher"  # teacher | ode_init | distill
+    max_steps: int = 200
+    batch_size: int = 1  # per rank, per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer state to CPU
+    activation_checkpointing: bool = False  # per DiT block
+    grad_clip: float = 10.0
+    generator: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.0e-4))
+    critic: OptimConfig = field(default_factory=lambda: OptimConfig(lr=4.0e-5, betas=(0.0, 0.999)))
+    ema_decay: float = 0.99
+    ema_start: int = 200  # first step with EMA updates (before: EMA tracks the weights exactly)
+    critic_updates_per_generator: int = 5  # DMD two-time-scale: critic every step, generator every Nth
+    p_self_forcing: float = 0.5  # distill: share of block-AR (Self-Forcing) rollouts
+    guidance_scale: float = 4.0  # teacher CFG inside the DMD real score
+    dmd_min_t: float = 20.0  # DMD timestep clamp (after the shift)
+    dmd_max_t: float = 980.0
+    rollout_blocks: int | None = None  # distill rollout length in blocks; None = 2x the context
+    ode_teacher_steps: int = 40  # Euler steps of teacher trajectories for ode_init
+    ode_pairs: int = 64  # trajectories generated for ode_init
+    teacher: str | None = None  # frozen teacher weights (export dir / safetensors) for ode_init and distill
+    init_from: str | None = None  # student init weights (ode_init / distill); None = the teacher's
+    checkpoint_every: int = 50
+    keep_last: int = 2
+    log_every: int = 10
+    max_nonfinite: int = 5  # abort after this many non-finite losses in a row
+    seed: int = 0
+
+    def validate(self, prefix: str = "train") -> None:
+        _need(self.stage in STAGES, f"{prefix}.stage", f"unknown stage {self.stage!r}; valid: {', '.join(STAGES)}")
+        for key in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_last", "log_every",
+                    "max_nonfinite", "critic_updates_per_generator", "ode_teacher_steps", "ode_pairs"):
+            _need(getattr(self, key) > 0, f"{prefix}.{key}", "must be positive")
+        _need(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _need(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 disables clipping)")
+        _need(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", "must be in [0, 1)")
+        _need(0 <= self.p_self_forcing <= 1, f"{prefix}.p_self_forcing", "must be in [0, 1]")
+        _need(0 <= self.dmd_min_t < self.dmd_max_t <= 1000, f"{prefix}.dmd_min_t",
+              f"need 0 <= dmd_min_t < dmd_max_t <= 1000, got {self.dmd_min_t}, {self.dmd_max_t}")
+        _need(self.rollout_blocks is None or self.rollout_blocks > 0, f"{prefix}.rollout_blocks", "must be positive")
+        self.generator.validate(f"{prefix}.generator")
+        self.critic.validate(f"{prefix}.critic")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: sqlite:///<run_dir>/mlflow.db ; or http://127.0.0.1:5000
+    experiment: str = "rollforge"
+    video_every: int = 0  # log a sample video every N steps (0: only at the end)
+
+    def validate(self, prefix: str = "tracking") -> None:
+        _need(self.video_every >= 0, f"{prefix}.video_every", "must be >= 0")

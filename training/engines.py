@@ -1,0 +1,59 @@
+"""DeepSpeed engines for trainable networks; the DeepSpeed config is derived from ours (one source).
+
+Networks never know about parallelism: `build_engine` wraps a plain nn.Module (activation
+checkpointing is a flag on the DiT) in a ZeRO stage 0-3 engine with a torch AdamW (DeepSpeed's own
+Adam JIT-compiles C++ on first use), gradient accumulation and clipping, bf16 on GPU, fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import OptimConfig, TrainConfig
+
+
+def deepspeed_config(train: TrainConfig, dtype: torch.dtype) -> dict:
+    zero: dict = {"stage": train.zero_stage}
+    if train.offload_optimizer and train.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                             weight_decay=optim.weight_decay)
+
+
+def build_engine(model: nn.Module, optim: OptimConfig, train: TrainConfig, dtype: torch.dtype):
+    """Wrap `model` in a DeepSpeed engine (its optimizer steps every `grad_accum` micro-steps)."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    scheduler = None
+    optimizer = make_optimizer(params, optim)
+    if optim.warmup_steps > 0:
+        warm = optim.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(train, dtype))
+    return engine
+
+
+def engine_params_finite(engine) -> bool:
+    """Every locally held parameter (partition under ZeRO-3) is finite."""
+    for p in engine.module.parameters():
+        local = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+        if local.numel() and not torch.isfinite(local).all():
+            return False
+    return True

@@ -1,0 +1,97 @@
+"""Self-generated training rollouts that reuse the inference samplers' exact loop.
+
+`GradWindowBackend` wraps the KV-cached backend: the sampler (pipeline.samplers.rolling or
+block_ar) calls `predict` once per forward, in order; forwards whose index is in `grad_calls` run
+with autograd and their x0 prediction is recorded per block, every other forward runs under
+no_grad. The sampler always receives detached x0, so history, re-noising and the clean cache pass
+stay gradient-free (exposure-bias fix: the student is conditioned on its own detached outputs).
+
+Rolling Forcing (non-overlapping windows): pass w runs with gradient iff w ≡ e (mod K) and the
+window reaches the scored region (the last `score_blocks` blocks); each scored block then carries
+its x0 from exactly one gradient window, at the level it had in that window.
+Self-Forcing: block-AR with a random exit step s (same on all ranks): each block is denoised
+through steps 0..s and its step-s x0 is its output; the scored blocks' step-s forwards run with
+gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pipeline.kv_cache import RollingKVCache
+from pipeline.networks.wan_dit import TextCond, WanDiT
+from pipeline.samplers import block_ar, rolling
+from pipeline.streaming import CachedBackend
+from pipeline.windows import gradient_passes, recent_capacity, rolling_pass
+
+
+class GradWindowBackend(CachedBackend):
+    def __init__(self, model: WanDiT, text: TextCond, cache: RollingKVCache, grad_calls: set[int],
+                 num_train_timesteps: int = 1000):
+        super().__init__(model, text, cache, num_train_timesteps)
+        self.grad_calls = grad_calls
+        self.calls = 0
+        self.recorded: dict[int, Tensor] = {}  # block -> x0 [B, fpb, C, H, W] carrying gradient
+
+    def predict(self, blocks: tuple[int, ...], x: Tensor, t: Tensor) -> Tensor:
+        call, self.calls = self.calls, self.calls + 1
+        if call not in self.grad_calls:
+            with torch.no_grad():
+                return super().predict(blocks, x, t)
+        with torch.enable_grad():
+            x0 = super().predict(blocks, x, t)
+        fpb = x.shape[1] // len(blocks)
+        for i, b in enumerate(blocks):
+            self.recorded[b] = x0[:, i * fpb:(i + 1) * fpb]
+        return x0.detach()
+
+    def commit(self, block: int, x0: Tensor) -> None:
+        with torch.no_grad():
+            super().commit(block, x0.detach())
+
+
+def rolling_grad_passes(num_blocks: int, num_steps: int, offset: int, score_blocks: int) -> set[int]:
+    """Passes with gradient: ≡ offset (mod K) and overlapping the last `score_blocks` blocks."""
+    first_scored = num_blocks - score_blocks
+    return {w for w in gradient_passes(num_blocks, num_steps, offset)
+            if rolling_pass(w, num_blocks, num_steps).blocks[-1] >= first_scored}
+
+
+def _assemble(backend: GradWindowBackend, finals: list[Tensor], first_scored: int) -> Tensor | None:
+    """[B, score_blocks*fpb, C, H, W]: recorded (grad) x0 of each scored block (None if none scored)."""
+    if first_scored >= len(finals):
+        return None
+    missing = [b for b in range(first_scored, len(finals)) if b not in backend.recorded]
+    if missing:
+        raise RuntimeError(f"scored blocks {missing} got no gradient window")
+    return torch.cat([backend.recorded[b] for b in range(first_scored, len(finals))], dim=1)
+
+
+def rolling_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: tuple[int, ...], num_blocks: int,
+                    score_blocks: int, offset: int, sink_blocks: int, context_blocks: int,
+                    generator: torch.Generator, num_train_timesteps: int = 1000) -> tuple[Tensor | None, Tensor]:
+    """Rolling Forcing rollout: (scored sample with grad or None when score_blocks=0, all finals detached)."""
+    k = len(levels)
+    cache = RollingKVCache(sink_blocks, recent_capacity("rolling", context_blocks, sink_blocks, k))
+    grad_calls = rolling_grad_passes(num_blocks, k, offset, score_blocks)  # one predict per pass
+    backend = GradWindowBackend(model, text, cache, grad_calls, num_train_timesteps)
+    device = next(model.parameters()).device
+    finals = [x0 for _, x0 in rolling(backend, levels, block_shape, num_blocks, generator, device,
+                                      num_train_timesteps=num_train_timesteps)]
+    return _assemble(backend, finals, num_blocks - score_blocks), torch.cat(finals, dim=1)
+
+
+def self_forcing_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: tuple[int, ...],
+                         num_blocks: int, score_blocks: int, exit_step: int, sink_blocks: int, context_blocks: int,
+                         generator: torch.Generator, num_train_timesteps: int = 1000) -> tuple[Tensor | None, Tensor]:
+    """Self-Forcing rollout with exit step `exit_step` (0-based) for every block."""
+    steps = exit_step + 1
+    cache = RollingKVCache(sink_blocks, recent_capacity("block_ar", context_blocks, sink_blocks, len(levels)))
+    first_scored = num_blocks - score_blocks
+    grad_calls = {b * steps + exit_step for b in range(first_scored, num_blocks)}  # steps forwards per block
+    backend = GradWindowBackend(model, text, cache, grad_calls, num_train_timesteps)
+    device = next(model.parameters()).device
+    finals = [x0 for _, x0 in block_ar(backend, levels[:steps], block_shape, num_blocks, generator, device,
+                                       num_train_timesteps=num_train_timesteps)]
+    return _assemble(backend, finals, first_scored), torch.cat(finals, dim=1)
