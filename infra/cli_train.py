@@ -50,6 +50,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
     out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config)
+    run_cfg = load_config(Config, Path(args.run_dir) / "config.resolved.yaml")
+    if run_cfg.tracking.enabled and (Path(args.run_dir) / "mlflow_run_id").is_file():
+        from .tracking import Tracker
+
+        with Tracker(run_cfg.tracking, Path(args.run_dir), run_name=run_cfg.train.stage) as tracker:
+            tracker.log_artifacts(out, "export_ema" if args.ema else "export")
     print(f"exported {'EMA ' if args.ema else ''}weights to {out} "
           f"(rollforge generate --config {Path(args.run_dir) / 'config.resolved.yaml'} --checkpoint {out} --prompt ...)")
     return 0

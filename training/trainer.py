@@ -20,7 +20,7 @@ from infra.tracking import Tracker
 from pipeline.generator import DTYPES, resolve_device
 
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .dist import init_distributed
+from .dist import barrier, init_distributed
 from .objectives import NonFiniteLoss, build_objective
 
 log = logging.getLogger("rollforge.train")
@@ -87,12 +87,11 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
                                  "nonfinite_consecutive": consecutive, "nonfinite_total": total_nonfinite}
                 path = save_checkpoint(run_dir, step, engines, ema, trainer_state, meta, rank, tr.keep_last)
                 logs["checkpoint"] = str(path)
+            if cfg.tracking.video_every and step % cfg.tracking.video_every == 0 and step != tr.max_steps:
+                _maybe_sample(cfg, ema, tracker, step, run_dir, rank)
             if bar is not None:
                 bar.update(bar.tasks[0].id, advance=1, loss=float(logs.get("loss", float("nan"))))
-        if cfg.tracking.enabled and ema is not None:
-            weights = ema.full_state_dict()  # a collective under ZeRO-3: every rank takes part
-            if rank == 0 and tracker.run_id is not None:
-                _log_sample_video(cfg, weights, tracker, tr.max_steps, run_dir)
+        _maybe_sample(cfg, ema, tracker, tr.max_steps, run_dir, rank)
         tracker.close("FINISHED")
     except BaseException:
         tracker.close("FAILED")
@@ -103,12 +102,26 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
     return logs
 
 
+def _maybe_sample(cfg, ema, tracker, step: int, run_dir: Path, rank: int) -> None:
+    """Log a sample video of the EMA weights (every rank calls: gathering is a collective under ZeRO-3)."""
+    if not cfg.tracking.enabled or ema is None:
+        return
+    weights = ema.full_state_dict()
+    if rank == 0 and tracker.run_id is not None:
+        _log_sample_video(cfg, weights, tracker, step, run_dir)
+    # Other ranks wait here rather than inside the next step's collectives (DeepSpeed's CPU
+    # shared-memory collectives abort on long waits; a process-group barrier does not).
+    barrier()
+
+
 def _log_sample_video(cfg, weights: dict, tracker, step: int, run_dir: Path) -> None:
     """Stream a short clip with the EMA weights (teacher: bidirectional) and log it to MLflow."""
     from pipeline.generator import PromptSchedule, StreamingGenerator
     from pipeline.video_io import Mp4Writer
 
+    saved = rng_state()  # building the generator seeds torch: training randomness must not notice
     gen = StreamingGenerator(cfg)
+    set_rng_state(saved)
     gen.model.load_state_dict({k: v.to(gen.dtype) for k, v in weights.items()})
     sampler = "bidirectional" if cfg.train.stage == "teacher" else "rolling"
     path = run_dir / "samples" / f"step_{step:06d}.mp4"

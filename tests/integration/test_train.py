@@ -81,6 +81,8 @@ def test_teacher_zero2_logs_to_mlflow_and_exports(teacher, tmp_path):
     weights = exported(teacher, tmp_path / "export")
     ema = exported(teacher, tmp_path / "ema", ema=True)
     assert set(weights) == set(ema) and all(torch.isfinite(v).all() for v in weights.values())
+    names = {a.path for a in client.list_artifacts(run_id, "export_ema")}
+    assert "export_ema/model.safetensors" in names and "export_ema/config.json" in names
 
 
 def test_export_then_generate_equals_in_memory_ema(teacher, tmp_path):
@@ -99,9 +101,11 @@ def test_export_then_generate_equals_in_memory_ema(teacher, tmp_path):
 
 
 def test_teacher_zero3(latents, tmp_path):
-    train(tmp_path, "teacher", latents, "train.zero_stage=3", steps=3)
-    values, _, _ = losses(tmp_path)
+    train(tmp_path, "teacher", latents, "train.zero_stage=3", "tracking.video_every=2", steps=3)
+    values, client, run_id = losses(tmp_path)
     assert len(values) == 3 and all(v == v for v in values)
+    videos = sorted(a.path for a in client.list_artifacts(run_id, "samples"))
+    assert videos == ["samples/step_000002.mp4", "samples/step_000003.mp4"]  # EMA gathered from ZeRO-3 shards
 
 
 @pytest.mark.parametrize("zero", [2, 3])
