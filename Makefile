@@ -33,6 +33,7 @@ demo:
 bench:
 	$(PY) bench/stream_cache.py --config configs/tiny.yaml
 	$(PY) bench/data_pipeline.py --config configs/tiny.yaml
+	$(PY) bench/train_throughput.py
 
 lint:
 	$(VENV)/bin/ruff check .
