@@ -75,6 +75,17 @@ class Objective:
             model = model.to(self.dtype).eval().requires_grad_(False)
         return model
 
+    def frozen_teacher(self) -> WanDiT:
+        if not self.cfg.train.teacher:
+            raise ValueError(f"train.teacher: {self.cfg.train.stage} needs the teacher's weights "
+                             "(an export dir or .safetensors)")
+        return self.new_dit(self.cfg.train.teacher, trainable=False)
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        v, c = self.cfg.video, self.cfg.codec
+        return v.height // c.spatial_factor, v.width // c.spatial_factor
+
     def wrap(self, name: str, model: WanDiT, optim) -> None:
         self.engines[name] = build_engine(model, optim, self.cfg.train, self.dtype)
 
@@ -136,9 +147,7 @@ class OdeInitObjective(Objective):
     def __init__(self, *a):
         super().__init__(*a)
         tr = self.cfg.train
-        if not tr.teacher:
-            raise ValueError("train.teacher: ode_init needs the teacher's weights (an export dir or .safetensors)")
-        self.teacher = self.new_dit(tr.teacher, trainable=False)
+        self.teacher = self.frozen_teacher()
         self.pairs = self._pairs()
         self.wrap("generator", self.new_dit(tr.init_from or tr.teacher, trainable=True), tr.generator)
         self.ema = EMA(self.engines["generator"].module, tr.ema_decay, tr.ema_start)
@@ -160,7 +169,7 @@ class OdeInitObjective(Objective):
             emb = self.next_batch()["text"][:1]
             embs.append(emb[0])
             texts.append((self.text_cond(self.teacher, emb), uncond))
-        shape = (s.context_frames, self.cfg.codec.latent_channels, *self._latent_hw())
+        shape = (s.context_frames, self.cfg.codec.latent_channels, *self.latent_hw)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed * 7919 + self.rank)
         pairs = [dict(p, text=e.cpu()) for p, e in zip(
             make_ode_pairs(self.teacher, texts, shape, self.levels, self.cfg.train.ode_teacher_steps, s.shift,
@@ -168,9 +177,6 @@ class OdeInitObjective(Objective):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_pairs(pairs, path)
         return load_pairs(path)
-
-    def _latent_hw(self) -> tuple[int, int]:
-        return self.cfg.video.height // self.cfg.codec.spatial_factor, self.cfg.video.width // self.cfg.codec.spatial_factor
 
     def train_step(self, step: int) -> dict:
         eng, t0 = self.engines["generator"], time.perf_counter()
@@ -196,9 +202,7 @@ class DistillObjective(Objective):
     def __init__(self, *a):
         super().__init__(*a)
         tr = self.cfg.train
-        if not tr.teacher:
-            raise ValueError("train.teacher: distill needs the teacher's weights (an export dir or .safetensors)")
-        self.teacher = self.new_dit(tr.teacher, trainable=False)
+        self.teacher = self.frozen_teacher()
         self.wrap("generator", self.new_dit(tr.init_from or tr.teacher, trainable=True), tr.generator)
         self.wrap("critic", self.new_dit(tr.teacher, trainable=True), tr.critic)
         self.ema = EMA(self.engines["generator"].module, tr.ema_decay, tr.ema_start)
@@ -217,8 +221,7 @@ class DistillObjective(Objective):
         t1 = time.perf_counter()
         train_generator = step % tr.critic_updates_per_generator == 0
         self_forcing = broadcast_int(int(random.random() < tr.p_self_forcing))
-        hw = (self.cfg.video.height // self.cfg.codec.spatial_factor, self.cfg.video.width // self.cfg.codec.spatial_factor)
-        block_shape = (1, s.frames_per_block, self.cfg.codec.latent_channels, *hw)
+        block_shape = (1, s.frames_per_block, self.cfg.codec.latent_channels, *self.latent_hw)
         logs: dict = {"rollout/self_forcing": self_forcing}
         with torch.set_grad_enabled(train_generator):
             text = self.text_cond(gen_eng.module, emb)
