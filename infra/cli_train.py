@@ -23,6 +23,12 @@ def _train_config(args: argparse.Namespace) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)  # validate before spawning anything
+    if args.ray:
+        from .ray_train import train_with_ray
+
+        result = train_with_ray(cfg, args.run_dir, args.nproc)
+        print(f"stage {cfg.train.stage} finished under Ray Train ({args.nproc} workers): {result.metrics}")
+        return 0
     if args.nproc > 1 and "RANK" not in os.environ:
         from training.dist import free_port
 
@@ -71,7 +77,10 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     t.add_argument("--run-dir", required=True, metavar="DIR")
     t.add_argument("--max-steps", type=int, help="override train.max_steps")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint")
-    t.add_argument("--nproc", type=int, default=1, help="local processes (gloo on CPU, NCCL on GPU)")
+    t.add_argument("--nproc", type=int, default=1, help="local processes / Ray Train workers (gloo on CPU, NCCL on GPU)")
+    t.add_argument("--ray", action="store_true",
+                   help="run the learners under Ray Train (local Ray, or ray.address=auto for a cluster); "
+                   "a dead worker restarts the group from the latest checkpoint (ray.max_failures)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="consolidate a run's checkpoint into model.safetensors + config.json",

@@ -19,10 +19,13 @@ class RayConfig:
     num_cpus: int | None = None  # local Ray only; None = all cores
     dashboard: bool = False  # local Ray only; bound to 127.0.0.1 when on
     object_store_mb: int = 512  # local Ray only: keeps a laptop run small
+    max_failures: int = 2  # Ray Train: worker-group restarts from the latest checkpoint before giving up
 
     def validate(self, prefix: str = "ray") -> None:
         if self.num_cpus is not None and self.num_cpus <= 0:
             raise ConfigError(f"{prefix}.num_cpus: must be positive (or null for all cores)")
+        if self.max_failures < -1:
+            raise ConfigError(f"{prefix}.max_failures: must be >= 0 (or -1 for unlimited)")
         if self.object_store_mb < 64:
             raise ConfigError(f"{prefix}.object_store_mb: must be at least 64")
 

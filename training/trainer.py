@@ -9,8 +9,10 @@ RNG states, noise generators and the data position are all in the checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,8 +28,15 @@ from .objectives import NonFiniteLoss, build_objective
 log = logging.getLogger("rollforge.train")
 
 
-def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train `cfg.train.stage` to `cfg.train.max_steps`; returns the last logs (rank 0 adds 'checkpoint')."""
+KILL_ENV = "ROLLFORGE_KILL_AT_STEP"  # test hook: the last rank dies once at this step (learner failure)
+
+
+def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = True,
+               on_checkpoint: Callable[[Path, int, dict], None] | None = None) -> dict:
+    """Train `cfg.train.stage` to `cfg.train.max_steps`; returns the last logs (rank 0 adds 'checkpoint').
+
+    `on_checkpoint(path, step, metrics)` runs on every rank after each checkpoint (Ray Train reports).
+    """
     run_dir = Path(run_dir)
     device = resolve_device(cfg.runtime.device)
     dtype = DTYPES[cfg.runtime.dtype]
@@ -62,6 +71,7 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
     try:
         for step in range(start + 1, tr.max_steps + 1):
             logs = objective.train_step(step)
+            _maybe_die(run_dir, step, rank, world)
             if logs.get("stepped", True):
                 consecutive = 0
                 if ema is not None:
@@ -87,6 +97,8 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
                                  "nonfinite_consecutive": consecutive, "nonfinite_total": total_nonfinite}
                 path = save_checkpoint(run_dir, step, engines, ema, trainer_state, meta, rank, tr.keep_last)
                 logs["checkpoint"] = str(path)
+                if on_checkpoint is not None:
+                    on_checkpoint(path, step, {k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
             if cfg.tracking.video_every and step % cfg.tracking.video_every == 0 and step != tr.max_steps:
                 _maybe_sample(cfg, ema, tracker, step, run_dir, rank)
             if bar is not None:
@@ -100,6 +112,16 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
         if bar is not None:
             bar.stop()
     return logs
+
+
+def _maybe_die(run_dir: Path, step: int, rank: int, world: int) -> None:
+    """Test hook for learner fault tolerance: the last rank exits hard once at step $ROLLFORGE_KILL_AT_STEP."""
+    if os.environ.get(KILL_ENV) != str(step) or rank != world - 1:
+        return
+    marker = run_dir / f".killed_at_{step}"
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
 
 
 def _maybe_sample(cfg, ema, tracker, step: int, run_dir: Path, rank: int) -> None:
