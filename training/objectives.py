@@ -211,7 +211,12 @@ class DistillObjective(Objective):
         self.num_blocks = tr.rollout_blocks or 2 * s.context_blocks
         if self.num_blocks < self.score_blocks:
             raise ValueError(f"train.rollout_blocks: {self.num_blocks} < the {self.score_blocks} scored blocks")
-        self.uncond_emb = build_text_encoder(self.cfg.text, self.device).encode([self.cfg.sampler.negative_prompt])
+        # The negative prompt and the teacher are fixed: encode its CFG conditioning once.
+        self.uncond = None
+        if tr.guidance_scale != 1.0:
+            emb = build_text_encoder(self.cfg.text, self.device).encode([self.cfg.sampler.negative_prompt])
+            with torch.no_grad():
+                self.uncond = self.text_cond(self.teacher, emb)
 
     def train_step(self, step: int) -> dict:
         tr, s = self.cfg.train, self.cfg.stream
@@ -239,13 +244,12 @@ class DistillObjective(Objective):
         t2 = time.perf_counter()
         scored = finals[:, -self.score_blocks * s.frames_per_block:]
         teacher_text = self.text_cond(self.teacher, emb)
-        uncond = self.text_cond(self.teacher, self.uncond_emb) if tr.guidance_scale != 1.0 else None
         if train_generator:
             t = sample_timesteps(1, self.noise, s.shift, s.num_train_timesteps, tr.dmd_min_t, tr.dmd_max_t, self.device)
             with torch.no_grad():
                 critic_text = self.text_cond(critic.module, emb)
-            loss, dmd_logs = dmd_loss(self.teacher, _Frozen(critic, critic_text, teacher_text), sample, teacher_text,
-                                      uncond, t, self.randn(sample.shape), tr.guidance_scale, s.num_train_timesteps)
+            loss, dmd_logs = dmd_loss(self.teacher, _Frozen(critic, critic_text), sample, teacher_text,
+                                      self.uncond, t, self.randn(sample.shape), tr.guidance_scale, s.num_train_timesteps)
             logs.update({"loss/generator": loss.item(), "stepped/generator": self.optimize("generator", loss),
                          **{f"dmd/{k}": float(v) for k, v in dmd_logs.items()}})
         t = sample_timesteps(1, self.noise, s.shift, s.num_train_timesteps, device=self.device)
@@ -262,7 +266,7 @@ class DistillObjective(Objective):
 class _Frozen(torch.nn.Module):
     """The critic as a fixed scorer: its own text conditioning, no gradient (DMD's fake score)."""
 
-    def __init__(self, engine, text: TextCond, _teacher_text: TextCond):
+    def __init__(self, engine, text: TextCond):
         super().__init__()
         self.engine, self.text = engine, text
 
