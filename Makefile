@@ -21,14 +21,7 @@ test:
 	$(PY) -m pytest
 
 demo:
-	$(VENV)/bin/rollforge generate --config configs/tiny.yaml --prompt "a red ball rolling across a blue floor" \
-		--seconds 10 --sampler rolling --out $(DEMO_DIR)/rolling.mp4
-	$(VENV)/bin/rollforge generate --config configs/tiny.yaml --prompt "a red ball rolling across a blue floor" \
-		--seconds 10 --sampler block_ar --out $(DEMO_DIR)/block_ar.mp4
-	$(VENV)/bin/rollforge generate --config configs/tiny.yaml --prompt-schedule configs/demo_prompts.yaml \
-		--seconds 10 --out $(DEMO_DIR)/prompt_switch.mp4
-	$(VENV)/bin/rollforge bench stream --config configs/tiny.yaml --seconds 10
-	@echo "demo videos (random weights: the streaming machinery, not a trained model) in $(DEMO_DIR)/"
+	$(VENV)/bin/rollforge run --config configs/demo.yaml --run-dir $(DEMO_DIR)
 
 bench:
 	$(PY) bench/stream_cache.py --config configs/tiny.yaml

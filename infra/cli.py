@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.config import SAMPLER_KINDS, ConfigError
 
-from . import cli_data, cli_train
+from . import cli_data, cli_run, cli_train
 from .config import dump_yaml, load_config, save_resolved
 from .schema import Config
 
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_data.register(sub, _add_config_args)
     cli_train.register(sub, _add_config_args)
+    cli_run.register(sub, _add_config_args)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- overrides)", epilog=EPILOG)
     _add_config_args(c)
@@ -148,7 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may sit anywhere among the flags (`--run-dir D a=1 --stages x b=2`): argparse stops
+    # the positional list at the first flag, so the key=value leftovers are collected here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except ConfigError as e:

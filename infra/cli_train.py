@@ -23,6 +23,10 @@ def _train_config(args: argparse.Namespace) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)  # validate before spawning anything
+    if cfg.rollouts.workers > 0 and cfg.train.stage in ("ode_init", "distill") and not args.ray:
+        print(f"rollforge: rollouts.workers={cfg.rollouts.workers}: rollout workers are Ray actors, so the "
+              f"learners run under Ray Train too (as with --ray, {args.nproc} workers)", file=sys.stderr)
+        args.ray = True
     if args.ray:
         from .ray_train import train_with_ray
 

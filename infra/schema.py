@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from data.config import DataConfig
 from pipeline.config import GeneratorConfig
-from training.config import TrackingConfig, TrainConfig
+from training.config import RolloutConfig, TrackingConfig, TrainConfig
 
 from .distributed import RayConfig
+from .run_config import RunConfig
 
 
 @dataclass
@@ -28,7 +29,9 @@ class Config(GeneratorConfig):
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:
         super().validate()
@@ -36,6 +39,8 @@ class Config(GeneratorConfig):
         self.ray.validate("ray")
         self.train.validate("train")
         self.tracking.validate("tracking")
+        self.rollouts.validate("rollouts")
+        self.run.validate("run")
 
     @property
     def clip_frames(self) -> int:

@@ -45,6 +45,13 @@ def _batches(items: list, size: int = BATCH):
         yield items[i: i + size]
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database (`mlartifacts/`); a server decides its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
 class Tracker:
     def __init__(self, cfg: TrackingConfig, run_dir: str | Path, run_name: str, rank: int = 0,
                  parent_run_id: str | None = None, tags: dict | None = None):
@@ -59,7 +66,7 @@ class Tracker:
         for key, value in HTTP_ENV.items():
             os.environ.setdefault(key, value)
         self.uri = cfg.uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
-        self._guard(self._start, run_name, parent_run_id, tags or {})
+        self._guard(self._start, run_name, parent_run_id or cfg.parent_run_id, tags or {})
 
     # ------------------------------------------------------------------ plumbing
     def _guard(self, fn, *args) -> Any:
@@ -99,8 +106,7 @@ class Tracker:
         if exp is not None:
             exp_id = exp.experiment_id
         else:
-            location = None if self.cfg.uri else (self.run_dir / "mlartifacts").as_uri()
-            exp_id = client.create_experiment(self.cfg.experiment, artifact_location=location)
+            exp_id = client.create_experiment(self.cfg.experiment, artifact_location=artifact_location(self.uri))
         all_tags = {k: _truncate(str(v), MAX_TAG_VALUE) for k, v in tags.items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -176,6 +182,26 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
             self._guard(self._client.log_artifacts, self._run_id, str(directory), artifact_path)
+
+    def register_model(self, name: str, artifact_path: str, tags: dict | None = None) -> str | None:
+        """Register this run's artifact directory `artifact_path` as a new version of model `name`;
+        returns the version number (None while tracking is disabled)."""
+        if not self.active:
+            return None
+        return self._guard(self._register_model, name, artifact_path, tags or {})
+
+    def _register_model(self, name: str, artifact_path: str, tags: dict) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self._client.get_run(self._run_id).info.artifact_uri}/{artifact_path}"
+        version = self._client.create_model_version(name, source, run_id=self._run_id,
+                                                    tags={k: _truncate(str(v), MAX_TAG_VALUE) for k, v in tags.items()})
+        return str(version.version)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run (FINISHED | FAILED | KILLED); later calls are no-ops."""

@@ -41,11 +41,14 @@ def _step_timesteps(levels: Tensor, block_shape: tuple[int, ...], device) -> lis
 
 def rolling(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_blocks: int | None,
             generator: torch.Generator, device=None, dtype=torch.float32,
-            num_train_timesteps: int = 1000) -> Iterator[tuple[int, Tensor]]:
+            num_train_timesteps: int = 1000, first_block: int = 0) -> Iterator[tuple[int, Tensor]]:
     """Rolling-window joint denoising.
 
     levels:      tau[0] > ... > tau[K-1] (float64 [K]); the window holds K blocks.
     block_shape: (B, fpb, C, H, W); num_blocks None streams forever.
+    first_block: index of the first generated block, to continue after blocks 0..first_block-1
+                 already in the backend's cache: the stream's blocks are first_block + 0..N-1
+                 (only the cache bookkeeping sees block indices; RoPE positions are relative).
     Per pass: inputs = [re-noised blocks at their levels | fresh noise for the entering block];
     the oldest block's x0 is final (yielded, committed); the others are re-noised with fresh eps
     to their next lower level.
@@ -59,7 +62,7 @@ def rolling(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_
         x = torch.cat([noisy.pop(b) if k else _noise(block_shape, generator, device, dtype)
                        for b, k in zip(p.blocks, p.steps)], dim=1)
         t = torch.cat([step_t[k] for k in p.steps], dim=1)
-        x0 = backend.predict(p.blocks, x, t)
+        x0 = backend.predict(tuple(first_block + b for b in p.blocks), x, t)
         final = None
         for i, (b, k) in enumerate(zip(p.blocks, p.steps)):
             x0_b = x0[:, i * fpb:(i + 1) * fpb]
@@ -69,17 +72,20 @@ def rolling(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_
                 noisy[b] = add_noise(x0_b, _noise(block_shape, generator, device, dtype), tau[k + 1],
                                      num_train_timesteps)
         if final is not None:
-            backend.commit(p.first, final)
-            yield p.first, final
+            backend.commit(first_block + p.first, final)
+            yield first_block + p.first, final
 
 
 def block_ar(backend: Backend, levels: Tensor, block_shape: tuple[int, ...], num_blocks: int | None,
              generator: torch.Generator, device=None, dtype=torch.float32,
-             num_train_timesteps: int = 1000) -> Iterator[tuple[int, Tensor]]:
-    """Block autoregression: block b goes noise -> tau[0] -> ... -> tau[K-1] -> x0, then is committed."""
+             num_train_timesteps: int = 1000, first_block: int = 0) -> Iterator[tuple[int, Tensor]]:
+    """Block autoregression: block b goes noise -> tau[0] -> ... -> tau[K-1] -> x0, then is committed.
+
+    Blocks are first_block .. first_block + N - 1 (first_block > 0 continues after a cached history).
+    """
     step_t = _step_timesteps(levels, block_shape, device)
     tau = levels.tolist()
-    blocks = itertools.count() if num_blocks is None else range(num_blocks)
+    blocks = itertools.count(first_block) if num_blocks is None else range(first_block, first_block + num_blocks)
     for b in blocks:
         x = _noise(block_shape, generator, device, dtype)
         for k in range(len(tau)):

@@ -87,6 +87,48 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<run_dir>/mlflow.db ; or http://127.0.0.1:5000
     experiment: str = "rollforge"
     video_every: int = 0  # log a sample video every N steps (0: only at the end)
+    parent_run_id: str | None = None  # nest this run under an MLflow parent run (set by `rollforge run`)
 
     def validate(self, prefix: str = "tracking") -> None:
         _need(self.video_every >= 0, f"{prefix}.video_every", "must be >= 0")
+
+
+@dataclass
+class RolloutConfig:
+    """Decoupled rollout workers (Ray actors) that produce the self-generated histories of `distill`
+    and the teacher ODE pairs of `ode_init`; workers = 0 keeps every rollout inside the learner.
+
+    Weights flow learner -> workers every `publish_every` optimizer steps (version = step // M);
+    a history made with version v is used at learner version c iff c - v <= max_staleness.
+    """
+
+    workers: int = 0  # rollout actors; 0 = rollouts inside the learner (no Ray needed)
+    cpus_per_worker: float = 1.0  # Ray logical CPUs per actor (fractional packs several per core)
+    gpus_per_worker: float = 0.0  # > 0 runs the worker's student on runtime.device
+    queue_size: int = 2  # bounded history queue: full -> workers block (backpressure); keep <= max_staleness + 1
+    publish_every: int = 1  # learner publishes the generator's weights every M optimizer steps
+    max_staleness: int = 2  # drop histories older than current version - max_staleness (counted)
+    history_blocks: int | None = None  # None = the in-learner rollout length minus the scored context
+    max_replacements: int = 10  # the pool gives up after replacing this many dead workers
+    get_timeout_s: float = 600.0  # learner waiting this long for a history is an error
+
+    def validate(self, prefix: str = "rollouts") -> None:
+        _need(self.workers >= 0, f"{prefix}.workers", f"must be >= 0 (0 = rollouts in the learner), got {self.workers}")
+        _need(self.cpus_per_worker >= 0, f"{prefix}.cpus_per_worker", f"must be >= 0, got {self.cpus_per_worker}")
+        _need(self.gpus_per_worker >= 0, f"{prefix}.gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        _need(self.cpus_per_worker > 0 or self.gpus_per_worker > 0, f"{prefix}.cpus_per_worker",
+              "a worker needs some CPU or GPU (cpus_per_worker and gpus_per_worker are both 0)")
+        _need(self.queue_size > 0, f"{prefix}.queue_size", f"must be positive, got {self.queue_size}")
+        _need(self.publish_every > 0, f"{prefix}.publish_every", f"must be positive, got {self.publish_every}")
+        _need(self.max_staleness >= 0, f"{prefix}.max_staleness", f"must be >= 0, got {self.max_staleness}")
+        _need(self.history_blocks is None or self.history_blocks > 0, f"{prefix}.history_blocks",
+              f"must be positive (or null for the in-learner rollout length), got {self.history_blocks}")
+        _need(self.max_replacements >= 0, f"{prefix}.max_replacements", f"must be >= 0, got {self.max_replacements}")
+        _need(self.get_timeout_s > 0, f"{prefix}.get_timeout_s", f"must be positive, got {self.get_timeout_s}")
+
+    def resolved_history_blocks(self, train: TrainConfig, context_blocks: int) -> int:
+        """Blocks a worker generates: given, or the in-learner rollout minus its scored continuation
+        (rollout_blocks or 2x context, minus context) so learner + worker cover the same length."""
+        if self.history_blocks is not None:
+            return self.history_blocks
+        return max(1, (train.rollout_blocks or 2 * context_blocks) - context_blocks)

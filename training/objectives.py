@@ -9,6 +9,11 @@
 
 Random choices that must agree across ranks (window offset, exit step, rollout kind) come from
 rank 0 (`broadcast_int`); noise comes from per-rank generators, saved in the trainer state.
+
+With rollout workers (`rollouts.workers > 0`, infra/rollout_workers.py) distill takes each step's
+prompt and self-generated history from the installed `HistorySource` and rolls out only the scored
+continuation; rank 0 publishes the generator's weights every `rollouts.publish_every` steps.
+ode_init then trains on the pairs the teacher-rollout workers wrote (training/ode_parts.py).
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from pipeline.schedule import denoising_levels
 from .dist import all_true, broadcast_int
 from .ema import EMA
 from .engines import build_engine
+from .history import HistoryFeed, history_source
 from .losses import dmd_loss, flow_matching_loss, ode_inputs, ode_regression_loss, per_block_steps, sample_timesteps
 from .ode import load_pairs, make_ode_pairs, save_pairs
+from .ode_parts import load_pair_parts
+from .publish import PublishSchedule, full_weights
 from .rollouts import rolling_rollout, self_forcing_rollout
 
 
@@ -154,7 +162,12 @@ class OdeInitObjective(Objective):
         self.order = random.Random(tr.seed + self.rank)
 
     def _pairs(self) -> list[dict]:
-        """This rank's share of `train.ode_pairs` trajectories, generated once and stored as a shard."""
+        """All pairs the teacher-rollout workers wrote, when they did; else this rank's share of
+        `train.ode_pairs` trajectories, generated once and stored as a shard."""
+        if self.cfg.rollouts.workers > 0:
+            pairs = load_pair_parts(self.run_dir / "ode_pairs")
+            if pairs is not None:
+                return pairs
         path = self.run_dir / "ode_pairs" / f"pairs_rank{self.rank}_of{self.world}.safetensors"
         if path.is_file():
             return load_pairs(path)
@@ -211,6 +224,13 @@ class DistillObjective(Objective):
         self.num_blocks = tr.rollout_blocks or 2 * s.context_blocks
         if self.num_blocks < self.score_blocks:
             raise ValueError(f"train.rollout_blocks: {self.num_blocks} < the {self.score_blocks} scored blocks")
+        self.feed: HistoryFeed | None = None
+        if self.cfg.rollouts.workers > 0:
+            # Workers make the history; the learner rolls out only the scored continuation.
+            self.feed = HistoryFeed(history_source(), self.cfg.rollouts.max_staleness)
+            self.num_blocks = self.score_blocks
+            self.publisher = PublishSchedule(self.cfg.rollouts.publish_every)
+            self._publish(0)  # workers start on the initial weights while the trainer sets up
         # The negative prompt and the teacher are fixed: encode its CFG conditioning once.
         self.uncond = None
         if tr.guidance_scale != 1.0:
@@ -222,16 +242,21 @@ class DistillObjective(Objective):
         tr, s = self.cfg.train, self.cfg.stream
         gen_eng, critic = self.engines["generator"], self.engines["critic"]
         t0 = time.perf_counter()
-        emb = self.next_batch()["text"][:1]
+        history, rollout_logs = None, {}
+        if self.feed is None:
+            emb = self.next_batch()["text"][:1]
+        else:
+            history, rollout_logs = self._history(step)
+            emb = history.text[:1].to(self.device)
         t1 = time.perf_counter()
         train_generator = step % tr.critic_updates_per_generator == 0
         self_forcing = broadcast_int(int(random.random() < tr.p_self_forcing))
         block_shape = (1, s.frames_per_block, self.cfg.codec.latent_channels, *self.latent_hw)
-        logs: dict = {"rollout/self_forcing": self_forcing}
+        logs: dict = {"rollout/self_forcing": self_forcing, **rollout_logs}
         with torch.set_grad_enabled(train_generator):
             text = self.text_cond(gen_eng.module, emb)
         common = dict(sink_blocks=s.sink_blocks, context_blocks=s.context_blocks, generator=self.noise,
-                      num_train_timesteps=s.num_train_timesteps)
+                      num_train_timesteps=s.num_train_timesteps, history=history)
         score = self.score_blocks if train_generator else 0
         if self_forcing:
             exit_step = broadcast_int(random.randrange(len(self.levels)))
@@ -261,6 +286,34 @@ class DistillObjective(Objective):
                      "time/data": t1 - t0, "time/rollout": t2 - t1, "time/compute": t3 - t2,
                      "tokens": self.tokens(self.num_blocks * s.frames_per_block, 1)})
         return logs
+
+    # ------------------------------------------------------------------ rollout workers
+    def _publish(self, done: int) -> None:
+        """Every rank gathers (a collective under ZeRO-3); rank 0 hands the weights to the workers."""
+        weights = full_weights(self.engines["generator"].module)
+        if self.rank == 0:
+            self.feed.source.publish(self.publisher.version(done), weights)
+        self.publisher.mark(done)
+
+    def _history(self, step: int):
+        """Publish if due, then the next fresh history at the current version (step - 1 steps done)."""
+        done, start = step - 1, time.perf_counter()
+        if self.publisher.due(done):
+            self._publish(done)
+        published = time.perf_counter()
+        history, logs = self.feed.next(self.publisher.version(done))
+        return history, {**logs, "rollout/publish_s": published - start}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.feed is not None:
+            state["rollouts"] = {"dropped_stale": self.feed.dropped_stale}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.feed is not None and "rollouts" in state:
+            self.feed.dropped_stale = int(state["rollouts"]["dropped_stale"])
 
 
 class _Frozen(torch.nn.Module):

@@ -12,6 +12,11 @@ its x0 from exactly one gradient window, at the level it had in that window.
 Self-Forcing: block-AR with a random exit step s (same on all ranks): each block is denoised
 through steps 0..s and its step-s x0 is its output; the scored blocks' step-s forwards run with
 gradient.
+
+With a `History` (made by a rollout worker, training/history.py) the cache is first primed from the
+history's kept blocks with the current weights (no grad), and the rollout generates blocks
+H .. H + num_blocks - 1 (H = history.num_blocks) under the same rules; pass and forward indices
+are counted from the continuation's start, block indices are global.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pipeline.networks.wan_dit import TextCond, WanDiT
 from pipeline.samplers import block_ar, rolling
 from pipeline.streaming import CachedBackend
 from pipeline.windows import gradient_passes, recent_capacity, rolling_pass
+
+from .history import History, prime_cache
 
 
 class GradWindowBackend(CachedBackend):
@@ -58,40 +65,54 @@ def rolling_grad_passes(num_blocks: int, num_steps: int, offset: int, score_bloc
             if rolling_pass(w, num_blocks, num_steps).blocks[-1] >= first_scored}
 
 
-def _assemble(backend: GradWindowBackend, finals: list[Tensor], first_scored: int) -> Tensor | None:
+def _assemble(backend: GradWindowBackend, scored: range) -> Tensor | None:
     """[B, score_blocks*fpb, C, H, W]: recorded (grad) x0 of each scored block (None if none scored)."""
-    if first_scored >= len(finals):
+    if not scored:
         return None
-    missing = [b for b in range(first_scored, len(finals)) if b not in backend.recorded]
+    missing = [b for b in scored if b not in backend.recorded]
     if missing:
         raise RuntimeError(f"scored blocks {missing} got no gradient window")
-    return torch.cat([backend.recorded[b] for b in range(first_scored, len(finals))], dim=1)
+    return torch.cat([backend.recorded[b] for b in scored], dim=1)
+
+
+def _start(backend: GradWindowBackend, history: History | None) -> int:
+    """First block of the rollout: 0, or history.num_blocks after priming the cache from it."""
+    if history is None:
+        return 0
+    prime_cache(backend, history)
+    return history.num_blocks
 
 
 def rolling_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: tuple[int, ...], num_blocks: int,
                     score_blocks: int, offset: int, sink_blocks: int, context_blocks: int,
-                    generator: torch.Generator, num_train_timesteps: int = 1000) -> tuple[Tensor | None, Tensor]:
-    """Rolling Forcing rollout: (scored sample with grad or None when score_blocks=0, all finals detached)."""
+                    generator: torch.Generator, num_train_timesteps: int = 1000,
+                    history: History | None = None) -> tuple[Tensor | None, Tensor]:
+    """Rolling Forcing rollout: (scored sample with grad or None when score_blocks=0, the generated
+    blocks' finals detached [B, num_blocks*fpb, ...]); after `history` when given."""
     k = len(levels)
     cache = RollingKVCache(sink_blocks, recent_capacity("rolling", context_blocks, sink_blocks, k))
     grad_calls = rolling_grad_passes(num_blocks, k, offset, score_blocks)  # one predict per pass
     backend = GradWindowBackend(model, text, cache, grad_calls, num_train_timesteps)
+    first = _start(backend, history)
     device = next(model.parameters()).device
     finals = [x0 for _, x0 in rolling(backend, levels, block_shape, num_blocks, generator, device,
-                                      num_train_timesteps=num_train_timesteps)]
-    return _assemble(backend, finals, num_blocks - score_blocks), torch.cat(finals, dim=1)
+                                      num_train_timesteps=num_train_timesteps, first_block=first)]
+    scored = range(first + num_blocks - score_blocks, first + num_blocks)
+    return _assemble(backend, scored), torch.cat(finals, dim=1)
 
 
 def self_forcing_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: tuple[int, ...],
                          num_blocks: int, score_blocks: int, exit_step: int, sink_blocks: int, context_blocks: int,
-                         generator: torch.Generator, num_train_timesteps: int = 1000) -> tuple[Tensor | None, Tensor]:
-    """Self-Forcing rollout with exit step `exit_step` (0-based) for every block."""
+                         generator: torch.Generator, num_train_timesteps: int = 1000,
+                         history: History | None = None) -> tuple[Tensor | None, Tensor]:
+    """Self-Forcing rollout with exit step `exit_step` (0-based) for every block; after `history` when given."""
     steps = exit_step + 1
     cache = RollingKVCache(sink_blocks, recent_capacity("block_ar", context_blocks, sink_blocks, len(levels)))
     first_scored = num_blocks - score_blocks
     grad_calls = {b * steps + exit_step for b in range(first_scored, num_blocks)}  # steps forwards per block
     backend = GradWindowBackend(model, text, cache, grad_calls, num_train_timesteps)
+    first = _start(backend, history)
     device = next(model.parameters()).device
     finals = [x0 for _, x0 in block_ar(backend, levels[:steps], block_shape, num_blocks, generator, device,
-                                       num_train_timesteps=num_train_timesteps)]
-    return _assemble(backend, finals, first_scored), torch.cat(finals, dim=1)
+                                       num_train_timesteps=num_train_timesteps, first_block=first)]
+    return _assemble(backend, range(first + first_scored, first + num_blocks)), torch.cat(finals, dim=1)

@@ -24,6 +24,7 @@ from pipeline.generator import DTYPES, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dist import barrier, init_distributed
 from .objectives import NonFiniteLoss, build_objective
+from .progress import ProgressFile
 
 log = logging.getLogger("rollforge.train")
 
@@ -67,6 +68,8 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
     meta = {"stage": tr.stage, "world_size": world, "zero_stage": tr.zero_stage, "engines": list(engines)}
     logs: dict = {}
     bar = _progress(rank == 0 and progress, tr.max_steps, start)
+    live = ProgressFile(run_dir, tr.stage, tr.max_steps, enabled=rank == 0)
+    live.update(start, force=True)
     window_start, window_tokens = time.perf_counter(), 0
     try:
         for step in range(start + 1, tr.max_steps + 1):
@@ -91,6 +94,7 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
                                 **{f"lr/{n}": e.get_lr()[0] for n, e in engines.items()},
                                 **{f"grad_norm/{n}": float(e.get_global_grad_norm() or 0.0) for n, e in engines.items()}})
                 tracker.log_metrics(metrics, step)
+                live.update(step, metrics, force=True)
                 window_start, window_tokens = time.perf_counter(), 0
             if step % tr.checkpoint_every == 0 or step == tr.max_steps:
                 trainer_state = {"step": step, "rng": rng_state(), "objective": objective.state_dict(),
@@ -103,6 +107,7 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
                 _maybe_sample(cfg, ema, tracker, step, run_dir, rank)
             if bar is not None:
                 bar.update(bar.tasks[0].id, advance=1, loss=float(logs.get("loss", float("nan"))))
+            live.update(step, {"loss": logs["loss"]} if "loss" in logs else None, force=step == tr.max_steps)
         _maybe_sample(cfg, ema, tracker, tr.max_steps, run_dir, rank)
         tracker.close("FINISHED")
     except BaseException:

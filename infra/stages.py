@@ -1,0 +1,261 @@
+"""The stages of `rollforge run`, each a function of a `StageContext` -> (outputs, metrics, info).
+
+Layout of a run directory (everything a stage writes lives under RUN):
+
+    RUN/config.resolved.yaml  RUN/mlflow.db  RUN/mlartifacts/     the pipeline's config and MLflow store
+    RUN/stages/<stage>/       started.json / done.json, the stage's MLflow run id
+    RUN/videos/               demo inputs (run.demo)            -> shard
+    RUN/data/shards/          webdataset video shards           -> precompute
+    RUN/data/latents/         latent + text-embedding shards    -> teacher, ode_init, distill
+    RUN/<train stage>/        training run dir (checkpoints, progress.json) and its export/
+    RUN/eval/                 metrics.json, videos/              (evaluate)
+    RUN/export/               the published student              (export; registered in MLflow)
+
+A training stage's config is the root config with `run.<stage>` merged into `train`, `train.stage`
+set, and the teacher / init weights pointed at the upstream stages' exports when those run too.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import ConfigError
+
+from .config import from_dict, to_dict
+from .dag_state import folder_listing
+from .run_config import TRAIN_STAGES
+from .schema import Config
+from .tracking import Tracker
+
+EXECUTION_SECTIONS = ("tracking", "ray", "output", "run")  # how a stage runs, not what it produces
+
+
+@dataclass
+class StageContext:
+    cfg: Config  # the root config, paths resolved for this run
+    run_dir: Path
+    parent_run_id: str | None
+    status: Callable[[str], None] = field(default=lambda _msg: None)  # a short live line for the view
+
+    def train_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def export_dir(self, stage: str) -> Path:
+        return self.train_dir(stage) / "export"
+
+
+# ----------------------------------------------------------------------------- configs
+def _set_dotted(tree: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{key}: {part} is a value, not a section")
+    tree[parts[-1]] = value
+
+
+def _merge(dst: dict, src: dict) -> dict:
+    """Deep-merge `src` into `dst`; dotted keys ("generator.lr") address nested fields."""
+    for key, value in src.items():
+        if "." in key:
+            _set_dotted(dst, key, value)
+        elif isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value)
+        else:
+            dst[key] = value
+    return dst
+
+
+def pipeline_config(cfg: Config, run_dir: Path) -> Config:
+    """The root config with the run's own paths: shards/latents under RUN when the pipeline makes
+    them, MLflow on RUN/mlflow.db unless `tracking.uri` names a server."""
+    d = to_dict(cfg)
+    stages = cfg.run.stages
+    if "shard" in stages:
+        d["data"]["shards"] = str(run_dir / "data" / "shards")
+    if "precompute" in stages:
+        d["data"]["latents"] = str(run_dir / "data" / "latents")
+    if not cfg.tracking.uri:
+        d["tracking"]["uri"] = f"sqlite:///{run_dir / 'mlflow.db'}"
+    out = from_dict(Config, d)
+    out.validate()
+    return out
+
+
+def upstream_weights(cfg: Config, run_dir: Path, stage: str) -> dict:
+    """train.teacher / train.init_from for `stage`: the exports of the stages before it in this run."""
+    stages = cfg.run.stages
+    out = {}
+    if stage in ("ode_init", "distill") and "teacher" in stages:
+        out["teacher"] = str(run_dir / "teacher" / "export")
+    if stage == "distill" and "ode_init" in stages:
+        out["init_from"] = str(run_dir / "ode_init" / "export")
+    return out
+
+
+def stage_config(cfg: Config, run_dir: Path, stage: str, parent_run_id: str | None = None) -> Config:
+    """The config a training stage runs with; errors name the `run.<stage>` key that caused them."""
+    d = to_dict(cfg)
+    d["train"] = _merge(copy.deepcopy(d["train"]), {**getattr(cfg.run, stage), **upstream_weights(cfg, run_dir, stage),
+                                                    "stage": stage})
+    d["tracking"]["parent_run_id"] = parent_run_id
+    try:
+        out = from_dict(Config, d)
+        out.validate()
+    except ConfigError as e:
+        raise ConfigError(f"run.{stage} -> {e}") from None
+    if stage in ("ode_init", "distill") and not out.train.teacher:
+        raise ConfigError(f"run.stages: {stage} needs a teacher: include the teacher stage or set train.teacher")
+    return out
+
+
+def settings(cfg: Config, stage: str) -> dict:
+    """What a stage's outputs depend on (its fingerprint's settings)."""
+    if stage == "shard":
+        r = cfg.run
+        return {"videos": folder_listing(r.videos), "manifest": folder_listing(r.manifest), "demo": to_dict(r.demo),
+                "fps": cfg.video.fps, "shard_size": cfg.data.shard_size, "missing_caption": cfg.data.missing_caption}
+    if stage == "precompute":
+        from data.precompute import config_section
+
+        return config_section(cfg)
+    if stage in TRAIN_STAGES:
+        d = to_dict(cfg)
+        return {k: v for k, v in d.items() if k not in EXECUTION_SECTIONS}
+    if stage == "evaluate":
+        return {"evaluate": to_dict(cfg.run.evaluate), "video": to_dict(cfg.video), "stream": to_dict(cfg.stream)}
+    return {"export_ema": cfg.run.export_ema, "register_model": cfg.run.register_model}
+
+
+def last_train_stage(cfg: Config) -> str | None:
+    trained = [s for s in cfg.run.stages if s in TRAIN_STAGES]
+    return trained[-1] if trained else None
+
+
+def outputs(ctx: StageContext, stage: str) -> list[Path]:
+    """The paths a stage owns (cleared when it must start over, checked when it is skipped)."""
+    if stage == "shard":
+        return [ctx.run_dir / "videos", ctx.run_dir / "data" / "shards"]
+    if stage == "precompute":
+        return [ctx.run_dir / "data" / "latents"]
+    if stage in TRAIN_STAGES:
+        return [ctx.train_dir(stage)]
+    if stage == "evaluate":
+        return [ctx.run_dir / "eval"]
+    return [ctx.run_dir / "export"]
+
+
+# ----------------------------------------------------------------------------- stages
+def run_shard(ctx: StageContext, tracker: Tracker) -> dict:
+    from data.shard import shard_videos
+
+    r = ctx.cfg.run
+    source = r.videos
+    if r.demo.world or r.demo.real:
+        ctx.status("writing the demo datasets")
+        source = str(_demo_videos(ctx))
+    ctx.status(f"sharding {source or r.manifest}")
+    summary = shard_videos(source, ctx.cfg.data.shards, manifest=r.manifest, shard_size=ctx.cfg.data.shard_size,
+                           workers=ctx.cfg.data.workers, missing_caption=ctx.cfg.data.missing_caption,
+                           ray_cfg=ctx.cfg.ray, progress=False)
+    if summary["ok"] == 0:
+        raise ValueError(f"shard: no usable videos in {source or r.manifest} (skipped: {summary['skipped']})")
+    metrics = {"videos_ok": summary["ok"], "shards": len(summary["shards"]),
+               **{f"skipped/{k}": v for k, v in summary["skipped"].items()}}
+    tracker.log_artifact(Path(ctx.cfg.data.shards) / "summary.json", "shard")
+    return {"metrics": metrics, "info": {}}
+
+
+def _demo_videos(ctx: StageContext) -> Path:
+    from data.demo_clips import collect_demo_clips
+    from data.world import write_world_dataset
+
+    d, out = ctx.cfg.run.demo, ctx.run_dir / "videos"
+    if d.world:
+        write_world_dataset(out / "world", count=d.world, width=d.world_size, height=d.world_size,
+                            fps=ctx.cfg.video.fps, seconds=d.world_seconds, seed=ctx.cfg.data.seed)
+    if d.real:
+        collect_demo_clips(out / "real")
+    return out
+
+
+def run_precompute(ctx: StageContext, tracker: Tracker) -> dict:
+    from data.precompute import precompute
+
+    cfg = ctx.cfg
+    ctx.status(f"encoding {cfg.data.shards} -> {cfg.data.latents}")
+    result = precompute(cfg, progress=False)
+    tracker.log_artifact(Path(cfg.data.latents) / "manifest.json", "precompute")
+    metrics = {"clips": result["count"], "latent_shards_written": len(result["written"]),
+               **{f"skipped/{k}": v for k, v in result["skipped"].items()}}
+    return {"metrics": metrics, "info": {"status": result["status"]}}
+
+
+def run_train(ctx: StageContext, tracker: Tracker | None, stage: str) -> dict:
+    from training.export import export_checkpoint
+
+    from .ray_train import train_with_ray
+
+    cfg = stage_config(ctx.cfg, ctx.run_dir, stage, ctx.parent_run_id)
+    run_dir = ctx.train_dir(stage)
+    ctx.status(f"{stage}: {ctx.cfg.run.learners} learner(s) under Ray Train")
+    result = train_with_ray(cfg, run_dir, ctx.cfg.run.learners)
+    ema = ctx.cfg.run.export_ema
+    export = export_checkpoint(run_dir, ctx.export_dir(stage), ema=ema, config_type=Config)
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    with Tracker(cfg.tracking, run_dir, run_name=stage) as stage_tracker:  # the stage's own nested run
+        stage_tracker.log_artifacts(export, "export_ema" if ema else "export")
+        run_id = stage_tracker.run_id
+    return {"metrics": metrics, "info": {"export": str(export), "mlflow_run_id": run_id}}
+
+
+def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
+    from evaluation.evaluate import evaluate, flat_metrics
+
+    last = last_train_stage(ctx.cfg)
+    checkpoint = ctx.export_dir(last) if last else None
+    e = ctx.cfg.run.evaluate
+    out = ctx.run_dir / "eval"
+    args = (ctx.cfg, checkpoint, out, e.samplers, e.seconds, e.prompts)
+    if ctx.cfg.runtime.device == "cuda":
+        # The driver may sit on a CPU-only head node: stream on a GPU the cluster schedules.
+        import ray
+
+        ctx.status("streaming on a cluster GPU (Ray task)")
+        result = ray.get(ray.remote(num_gpus=1)(evaluate).remote(*args))
+    else:
+        result = evaluate(*args, on_stream=lambda s, done, total: ctx.status(f"streamed {done}/{total} ({s})"))
+    tracker.log_artifacts(out, "eval")
+    return {"metrics": flat_metrics(result), "info": {"checkpoint": str(checkpoint) if checkpoint else None}}
+
+
+def run_export(ctx: StageContext, tracker: Tracker) -> dict:
+    last = last_train_stage(ctx.cfg)
+    if last is None:
+        raise ConfigError("run.stages: export needs a training stage (teacher, ode_init or distill) in the run")
+    src, out = ctx.export_dir(last), ctx.run_dir / "export"
+    tmp = out.with_name(".export.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    tracker.log_artifacts(out, "model")
+    info: dict = {"source": str(src), "stage": last}
+    name = ctx.cfg.run.register_model
+    if name:
+        ctx.status(f"registering {name} in the MLflow model registry")
+        version = tracker.register_model(name, "model", {"stage": last, "run_dir": str(ctx.run_dir)})
+        info.update(registered_model=name, model_version=version)
+    return {"metrics": {}, "info": info}
+
+
+RUNNERS: dict[str, Callable[[StageContext, Tracker], dict]] = {
+    "shard": run_shard,
+    "precompute": run_precompute,
+    "evaluate": run_evaluate,
+    "export": run_export,
+}
