@@ -1,1 +1,1 @@
-"""Evaluation: throughput (and, later, drift metrics and reports) over the streaming generator."""
+"""Evaluation: throughput, long-horizon drift metrics and ground-truth checks over the streaming generator."""

@@ -7,7 +7,8 @@ Per (sampler, prompt) it runs two streams with the same seed:
   1. a timed one (`throughput.measure_stream`: sampling + streaming decode only, nothing written),
   2. one whose frames go to OUT/videos/<sampler>_<i>.mp4 and to every `frame_sinks` callback
      (the drift metrics), so writing and scoring never inflate the throughput numbers.
-Writes OUT/metrics.json and returns it; `flat_metrics` turns it into MLflow scalars.
+Writes OUT/metrics.json and returns it; `flat_metrics` turns it into MLflow scalars. `drift_sinks`
+gives the drift metrics (quality drift, consistency, flicker, colour, Fréchet; evaluation/drift.py).
 """
 
 from __future__ import annotations
@@ -72,11 +73,42 @@ def evaluate(cfg, checkpoint: str | Path | None, out_dir: str | Path, samplers: 
     return result
 
 
+def drift_sinks(fps: float, chunk_seconds: float, seconds: float, sample_every: int = 1) -> dict[str, FrameSinkFactory]:
+    """{"drift": factory}: per stream, a `DriftAccumulator` with BRISQUE quality and EfficientNet-Lite0
+    features (both loaded once and shared). The first/last spans are the paper's 5 s, or half the
+    stream when it is shorter than 10 s."""
+    from .drift import DriftAccumulator
+    from .features import Lite0Features
+    from .quality import BrisqueScorer
+
+    quality, features = BrisqueScorer(), Lite0Features(num_threads=1)
+    window = min(5.0, seconds / 2)
+
+    def make(_sampler: str, _index: int):
+        acc = DriftAccumulator(fps, chunk_seconds, quality=quality, features=features, window_s=window,
+                               sample_every=sample_every)
+        return acc.add, acc.summary
+
+    return {"drift": make}
+
+
+def _drift_scalars(drift: dict) -> dict[str, float | None]:
+    """The headline numbers of one stream's drift summary (None where undefined)."""
+    q, c, f = drift.get("quality") or {}, drift.get("consistency") or {}, drift.get("frechet") or {}
+    return {"quality_drift": q.get("delta_drift"), "similarity_last_to_first": c.get("last_to_first"),
+            "frechet_first_last": f.get("distance"), "flicker": (drift.get("flicker") or {}).get("score")}
+
+
 def flat_metrics(result: dict) -> dict[str, float]:
-    """{'rolling/fps': ..., 'rolling/first_frame_latency_s': ..., ...}: the per-sampler scalars."""
+    """{'rolling/fps': ..., 'rolling/quality_drift': ..., ...}: the per-sampler scalars (means over prompts)."""
     flat: dict[str, float] = {}
     for sampler, summary in result["samplers"].items():
         for key, value in summary.items():
             if isinstance(value, int | float):
                 flat[f"{sampler}/{key}"] = float(value)
+        drifts = [_drift_scalars(r["drift"]) for r in summary["runs"] if r.get("drift")]
+        for key in (drifts[0] if drifts else {}):
+            values = [d[key] for d in drifts if d[key] is not None]
+            if values:
+                flat[f"{sampler}/{key}"] = _mean(values)
     return flat

@@ -125,7 +125,8 @@ def settings(cfg: Config, stage: str) -> dict:
         return config_section(cfg)
     if stage in TRAIN_STAGES:
         d = to_dict(cfg)
-        return {k: v for k, v in d.items() if k not in EXECUTION_SECTIONS}
+        unused = ("rollouts",) if stage == "teacher" else ()  # the teacher rolls nothing out
+        return {k: v for k, v in d.items() if k not in EXECUTION_SECTIONS + unused}
     if stage == "evaluate":
         return {"evaluate": to_dict(cfg.run.evaluate), "video": to_dict(cfg.video), "stream": to_dict(cfg.stream)}
     return {"export_ema": cfg.run.export_ema, "register_model": cfg.run.register_model}
@@ -214,13 +215,14 @@ def run_train(ctx: StageContext, tracker: Tracker | None, stage: str) -> dict:
 
 
 def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
-    from evaluation.evaluate import evaluate, flat_metrics
+    from evaluation.evaluate import drift_sinks, evaluate, flat_metrics
 
     last = last_train_stage(ctx.cfg)
     checkpoint = ctx.export_dir(last) if last else None
     e = ctx.cfg.run.evaluate
     out = ctx.run_dir / "eval"
-    args = (ctx.cfg, checkpoint, out, e.samplers, e.seconds, e.prompts)
+    sinks = drift_sinks(ctx.cfg.video.fps, e.chunk_seconds, e.seconds)
+    args = (ctx.cfg, checkpoint, out, e.samplers, e.seconds, e.prompts, sinks)
     if ctx.cfg.runtime.device == "cuda":
         # The driver may sit on a CPU-only head node: stream on a GPU the cluster schedules.
         import ray

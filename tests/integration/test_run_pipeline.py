@@ -15,7 +15,7 @@ STAGES = ["shard", "precompute", "teacher", "ode_init", "distill", "evaluate", "
 MICRO = ["run.demo.world=4", "run.demo.world_seconds=1.5", "run.demo.real=false", "run.teacher.max_steps=6",
          "run.ode_init.max_steps=4", "run.ode_init.ode_pairs=2", "run.ode_init.ode_teacher_steps=4",
          "run.distill.max_steps=2", "run.evaluate.seconds=1", "run.evaluate.samplers=[rolling]",
-         "train.checkpoint_every=50"]
+         "train.checkpoint_every=50", "model.dim=64", "model.ffn_dim=128", "model.num_layers=2"]
 pytestmark = pytest.mark.slow
 
 
@@ -63,7 +63,9 @@ def test_pipeline_end_to_end_then_skips_then_reruns_only_what_changed(tmp_path):
         assert run.info.status == "FINISHED", stage
     for stage in ("teacher", "ode_init", "distill"):
         assert "loss" in runs[stage][0].data.metrics and runs[stage][0].data.params["train.stage"] == stage
-    assert runs["evaluate"][0].data.metrics["rolling/fps"] > 0
+    eval_metrics = runs["evaluate"][0].data.metrics
+    assert eval_metrics["rolling/fps"] > 0 and 0 < eval_metrics["rolling/flicker"] <= 1
+    assert eval_metrics["rolling/quality_drift"] >= 0 and "rolling/frechet_first_last" in eval_metrics
     assert runs["shard"][0].data.metrics["videos_ok"] == 4
     export_run = runs["export"][0]
     assert {a.path for a in client.list_artifacts(export_run.info.run_id, "model")} >= {

@@ -60,6 +60,9 @@ def test_fingerprints_chain_so_a_change_reruns_that_stage_and_later_ones(tmp_pat
     moved = plan(load_config(Config, DEMO, ["tracking.experiment=other", "ray.num_cpus=1"]), tmp_path)
     assert [a[1] for a in base] == [b[1] for b in moved]
     assert fingerprint("x", {"a": 1}, None) != fingerprint("x", {"a": 1}, "prev")
+    # rollout workers change how distillation runs, never the teacher
+    workers = plan(load_config(Config, DEMO, ["rollouts.workers=2"]), tmp_path)
+    assert [a[1] == b[1] for a, b in zip(base, workers)] == [s in ("shard", "precompute", "teacher") for s in stages]
 
 
 def test_stage_record_complete_only_with_same_fingerprint_and_outputs(tmp_path):

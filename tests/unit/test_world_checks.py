@@ -1,0 +1,184 @@
+"""World ground-truth checks pass on rendered world videos and fail when objects change colour, size or count."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import av
+import numpy as np
+import pytest
+
+from data.world import (
+    SHAPE_COLOURS,
+    ShapeSpec,
+    WorldSpec,
+    ground_truth,
+    render,
+    sample_world,
+    world_seed,
+    write_world_dataset,
+)
+from evaluation.world_checks import WorldChecker, check_world_frames, expected_objects, palette_labels
+
+FPS = 16
+
+
+def world(**changes) -> WorldSpec:
+    """Three objects on black, 64 px, 4 s: a red circle, a blue square, a white triangle, moving so that
+    none touches another for more than a few frames (every check measures every chunk)."""
+    shapes = [
+        ShapeSpec("circle", "red", SHAPE_COLOURS["red"], 14, (16.0, 16.0), (8.8, 11.4)),
+        ShapeSpec("square", "blue", SHAPE_COLOURS["blue"], 12, (46.0, 40.0), (-11.7, 12.0)),
+        ShapeSpec("triangle", "white", SHAPE_COLOURS["white"], 14, (20.0, 48.0), (-6.0, -11.6)),
+    ]
+    spec = WorldSpec(background="black", background_rgb=(0, 0, 0), shapes=shapes, fps=FPS, duration=4.0)
+    return dataclasses.replace(spec, **changes)
+
+
+def frames_of(spec: WorldSpec) -> np.ndarray:
+    return np.stack(list(render(spec)))
+
+
+def spliced(before: WorldSpec, after: WorldSpec, at_s: float = 2.0) -> np.ndarray:
+    """The first `at_s` seconds of `before`, then `after` (same clock, so motion continues)."""
+    k = int(at_s * FPS)
+    return np.concatenate([frames_of(before)[:k], frames_of(after)[k:]])
+
+
+def with_shape(spec: WorldSpec, i: int, **changes) -> WorldSpec:
+    shapes = list(spec.shapes)
+    shapes[i] = dataclasses.replace(shapes[i], **changes)
+    return dataclasses.replace(spec, shapes=shapes)
+
+
+def decode(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+# ----------------------------------------------------------------------------------------- passes
+
+
+def test_rendered_world_passes():
+    spec = world()
+    r = check_world_frames(frames_of(spec), spec)
+    assert r["passed"], r["failures"]
+    json.dumps(r, allow_nan=False)
+    assert r["num_frames"] == 64 and r["num_chunks"] == 4
+    assert set(r["expected"]) == {"red", "blue", "white"} and r["undetermined"] == []
+    for c in r["chunks"]:
+        for name, o in c["objects"].items():
+            assert o["isolated_frames"] >= 12, (c["index"], name)  # the checks really measured something
+            assert o["count_ok"] and o["size_ok"] and o["colour_ok"]
+            assert abs(o["area_vs_truth"]) < 0.1 and o["colour_error_truth"] < 1e-9
+    # the truth dict (as written to NAME.gt.json) and the spec are interchangeable
+    assert check_world_frames(frames_of(spec), json.loads(json.dumps(ground_truth(spec)))) == r
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_sampled_worlds_pass_raw(size):
+    for i in range(6):
+        s = world_seed(1, i)
+        spec = sample_world(random.Random(s), size, size, FPS, 3.0, max_shapes=3, seed=s)
+        r = check_world_frames(frames_of(spec), ground_truth(spec))
+        assert r["passed"], (size, i, r["failures"])
+
+
+def test_world_dataset_mp4_passes(tmp_path):
+    videos = write_world_dataset(tmp_path, 3, width=64, height=64, fps=FPS, seconds=3.0, seed=5)
+    for video in videos:
+        gt = json.loads(video.with_name(video.name.replace(".mp4", ".gt.json")).read_text())
+        r = check_world_frames(decode(video), gt)
+        assert r["passed"], (video.name, r["failures"])
+        worst = max(o["colour_error_truth"] for c in r["chunks"] for o in c["objects"].values())
+        assert 0 < worst < 30  # the codec moved colours a little, within tolerance
+
+
+def test_video_smaller_than_the_spec_scales_the_truth():
+    spec = world()
+    r = check_world_frames(frames_of(spec)[:, ::2, ::2], spec)  # a 32 px video of a 64 px world
+    assert r["passed"], r["failures"]
+    assert r["expected"]["red"]["area"] == pytest.approx(expected_objects(spec, 64, 64)["red"].area / 4)
+
+
+def test_streaming_matches_one_shot():
+    spec = world()
+    frames = frames_of(spec)[:40]
+    checker = WorldChecker(spec, chunk_seconds=1.0)
+    for i in range(0, len(frames), 7):
+        checker.add(frames[i: i + 7])
+    r = checker.summary()
+    assert r == check_world_frames(frames, spec)
+    assert r["chunks"][-1]["partial"] and r["chunks"][-1]["frames"] == 8
+
+
+def test_palette_labels():
+    spec = world()
+    frame = frames_of(spec)[:1]
+    checker = WorldChecker(spec)
+    lab = palette_labels(frame, checker.palette, 100.0)[0]
+    names = {checker.names[i] for i in np.unique(lab)}
+    assert names == {"red", "blue", "white", "background"}
+    odd = np.full((1, 2, 2, 3), 128, dtype=np.uint8)  # mid grey: > 100 from every palette colour and black
+    assert (palette_labels(odd, checker.palette, 100.0) == -1).all()
+
+
+# ------------------------------------------------------------------------------------------ fails
+
+
+def failing(r: dict) -> list[int]:
+    return [c["index"] for c in r["chunks"] if not c["passed"]]
+
+
+def test_colour_change_fails():
+    spec = world()
+    swapped = with_shape(spec, 0, colour="orange", rgb=SHAPE_COLOURS["orange"])  # red circle turns orange
+    r = check_world_frames(spliced(spec, swapped), spec)
+    assert not r["passed"] and failing(r) == [2, 3]
+    assert any("red: 1 object(s) expected" in f for f in r["failures"])
+    assert any("unexpected objects (orange)" in f for f in r["failures"])
+    # a subtler shift keeps the red label (nearest palette colour) but not the red
+    dull = with_shape(spec, 0, rgb=(190, 45, 45))
+    r = check_world_frames(spliced(spec, dull), spec)
+    assert failing(r) == [2, 3]
+    red = r["chunks"][3]["objects"]["red"]
+    assert red["count_ok"] and red["size_ok"] and red["colour_ok"] is False
+    assert red["colour_error_truth"] == pytest.approx(np.linalg.norm(np.subtract((190, 45, 45), (230, 30, 30))))
+
+
+def test_size_change_fails():
+    spec = world()
+    r = check_world_frames(spliced(spec, with_shape(spec, 1, size=18)), spec)  # 12 px square grows to 18 px
+    assert failing(r) == [2, 3]
+    blue = r["chunks"][2]["objects"]["blue"]
+    assert blue["size_ok"] is False and blue["area_vs_truth"] > 1.0 and blue["area_vs_first"] > 1.0
+    assert blue["count_ok"] and blue["colour_ok"]
+
+
+def test_vanished_object_fails():
+    spec = world()
+    gone = dataclasses.replace(spec, shapes=spec.shapes[:2])  # the white triangle disappears
+    r = check_world_frames(spliced(spec, gone), spec)
+    assert failing(r) == [2, 3]
+    white = r["chunks"][3]["objects"]["white"]
+    assert white["count_ok"] is False and white["median_count"] == 0 and white["colour_ok"] is False
+
+
+def test_duplicated_object_fails():
+    spec = world()
+    twin = ShapeSpec("circle", "red", SHAPE_COLOURS["red"], 14, (14.0, 50.0), (11.0, -9.0))
+    more = dataclasses.replace(spec, shapes=[*spec.shapes, twin])
+    r = check_world_frames(spliced(spec, more), spec)
+    assert failing(r) == [2, 3]
+    red = r["chunks"][3]["objects"]["red"]
+    assert red["median_count"] == 2 and red["count_ok"] is False
+
+
+def test_unexpected_object_fails():
+    spec = world()
+    extra = ShapeSpec("square", "green", SHAPE_COLOURS["green"], 10, (50.0, 50.0), (5.0, -6.0))
+    r = check_world_frames(spliced(spec, dataclasses.replace(spec, shapes=[*spec.shapes, extra])), spec)
+    assert failing(r) == [2, 3]
+    assert r["chunks"][2]["spurious"] == {"green": 1.0}
