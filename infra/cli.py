@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline.config import SAMPLER_KINDS, ConfigError
 
 from . import cli_data, cli_run, cli_train
+from . import cli_eval
 from .config import dump_yaml, load_config, save_resolved
 from .schema import Config
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_data.register(sub, _add_config_args)
     cli_train.register(sub, _add_config_args)
     cli_run.register(sub, _add_config_args)
+    cli_eval.register(sub, _add_config_args)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- overrides)", epilog=EPILOG)
     _add_config_args(c)

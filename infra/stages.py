@@ -216,6 +216,7 @@ def run_train(ctx: StageContext, tracker: Tracker | None, stage: str) -> dict:
 
 def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
     from evaluation.evaluate import drift_sinks, evaluate, flat_metrics
+    from evaluation.report import write_report
 
     last = last_train_stage(ctx.cfg)
     checkpoint = ctx.export_dir(last) if last else None
@@ -231,6 +232,7 @@ def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
         result = ray.get(ray.remote(num_gpus=1)(evaluate).remote(*args))
     else:
         result = evaluate(*args, on_stream=lambda s, done, total: ctx.status(f"streamed {done}/{total} ({s})"))
+    write_report(result, out)
     tracker.log_artifacts(out, "eval")
     return {"metrics": flat_metrics(result), "info": {"checkpoint": str(checkpoint) if checkpoint else None}}
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,12 @@ def micro_cfg() -> ModelConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def rollforge(*args, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the installed `rollforge` CLI from the repo root (tests import this from conftest)."""
+    exe = shutil.which("rollforge") or str(Path(sys.executable).parent / "rollforge")
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rollforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

@@ -1,24 +1,14 @@
 """The `rollforge` console script, run as a user runs it (subprocess of the installed entry point)."""
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import av
 import pytest
+from conftest import rollforge
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs/tiny.yaml")
-
-
-def rollforge(*args, check=True):
-    exe = shutil.which("rollforge") or str(Path(sys.executable).parent / "rollforge")
-    proc = subprocess.run([exe, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rollforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
 def decode(path):

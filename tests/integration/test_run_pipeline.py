@@ -51,6 +51,7 @@ def test_pipeline_end_to_end_then_skips_then_reruns_only_what_changed(tmp_path):
     first = rollforge_run(run_dir)
     assert status_lines(first) == {s: "done" for s in STAGES}
     assert (run_dir / "export/model.safetensors").is_file() and (run_dir / "eval/metrics.json").is_file()
+    assert (run_dir / "eval/report.html").is_file() and (run_dir / "eval/plots/quality.png").is_file()
     assert list((run_dir / "eval/videos").glob("rolling_0.mp4"))
 
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
