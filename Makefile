@@ -27,6 +27,7 @@ bench:
 	$(PY) bench/stream_cache.py --config configs/tiny.yaml
 	$(PY) bench/data_pipeline.py --config configs/tiny.yaml
 	$(PY) bench/train_throughput.py
+	$(PY) bench/rollout_utilisation.py
 
 lint:
 	$(VENV)/bin/ruff check .
