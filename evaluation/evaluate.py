@@ -92,6 +92,17 @@ def drift_sinks(fps: float, chunk_seconds: float, seconds: float, sample_every: 
     return {"drift": make}
 
 
+def world_sinks(truths: list[dict], chunk_seconds: float, fps: float) -> FrameSinkFactory:
+    """Per stream of prompt i, a `WorldChecker` against `truths[i]` (the world whose caption it is)."""
+    from .world_checks import WorldChecker
+
+    def make(_sampler: str, index: int):
+        checker = WorldChecker(truths[index], chunk_seconds, fps=fps)
+        return checker.add, checker.summary
+
+    return make
+
+
 def _drift_scalars(drift: dict) -> dict[str, float | None]:
     """The headline numbers of one stream's drift summary (None where undefined)."""
     q, c, f = drift.get("quality") or {}, drift.get("consistency") or {}, drift.get("frechet") or {}
@@ -106,6 +117,9 @@ def flat_metrics(result: dict) -> dict[str, float]:
         for key, value in summary.items():
             if isinstance(value, int | float):
                 flat[f"{sampler}/{key}"] = float(value)
+        checked = [r["world"]["passed"] for r in summary["runs"] if isinstance(r.get("world"), dict)]
+        if checked:
+            flat[f"{sampler}/world_pass_rate"] = sum(map(bool, checked)) / len(checked)
         drifts = [_drift_scalars(r["drift"]) for r in summary["runs"] if r.get("drift")]
         for key in (drifts[0] if drifts else {}):
             values = [d[key] for d in drifts if d[key] is not None]

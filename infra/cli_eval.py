@@ -8,6 +8,7 @@ and (tracking.enabled) a fresh MLflow run named "eval" in OUT/mlflow.db (or trac
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -70,6 +71,14 @@ def check_teacher_length(cfg: Config, samplers: list[str], seconds: float) -> No
             f"it from --samplers for longer streams")
 
 
+def read_world_truths(folder: str, count: int) -> list[dict]:
+    """The first `count` ground-truth records (NAME.gt.json, from `rollforge data demo`) in `folder`."""
+    files = sorted(Path(folder).rglob("*.gt.json"))[:count]
+    if not files:
+        raise FileNotFoundError(f"--world {folder}: no *.gt.json ground truth (write some with `rollforge data demo`)")
+    return [json.loads(f.read_text()) for f in files]
+
+
 def eval_config(args: argparse.Namespace) -> Config:
     """The config with the command's flags written into run.evaluate (so the resolved config and the
     MLflow params record what was evaluated), validated."""
@@ -85,8 +94,14 @@ def eval_config(args: argparse.Namespace) -> Config:
         e.seconds = args.seconds
     if args.chunk_seconds is not None:
         e.chunk_seconds = args.chunk_seconds
+    if args.prompts and args.world:
+        raise ConfigError("--prompts and --world: give one (--world takes the prompts from the worlds' captions)")
     if args.prompts:
         e.prompts = read_prompts(args.prompts)
+    args.world_truths = []
+    if args.world:
+        args.world_truths = read_world_truths(args.world, args.world_count)
+        e.prompts = [t["caption"] for t in args.world_truths]
     cfg.validate()
     try:  # the drift metrics' own chunk rule (exact fractions), checked now rather than after a stream
         ChunkGrid.of(cfg.video.fps, e.chunk_seconds)
@@ -98,7 +113,7 @@ def eval_config(args: argparse.Namespace) -> Config:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg = eval_config(args)  # every check before the models load
-    from evaluation.evaluate import drift_sinks, evaluate, flat_metrics
+    from evaluation.evaluate import drift_sinks, evaluate, flat_metrics, world_sinks
     from evaluation.plots import chunk_series
     from evaluation.report import COLUMNS, fmt, write_report
 
@@ -122,6 +137,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tracker.log_params({"eval.checkpoint": str(checkpoint) if checkpoint else "none",
                             "eval.num_prompts": len(e.prompts)})
         sinks = drift_sinks(cfg.video.fps, e.chunk_seconds, e.seconds)
+        if args.world_truths:
+            sinks["world"] = world_sinks(args.world_truths, e.chunk_seconds, cfg.video.fps)
         print(f"evaluating {', '.join(e.samplers)} on {len(e.prompts)} prompt(s), {e.seconds:g} s each",
               file=sys.stderr)
         result = evaluate(cfg, checkpoint, out, e.samplers, e.seconds, e.prompts, frame_sinks=sinks,
@@ -173,5 +190,9 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                    help=".txt (one per line) or YAML/JSON list of prompts (default: run.evaluate.prompts)")
     p.add_argument("--chunk-seconds", type=float, metavar="C",
                    help="drift metrics per chunk of C seconds (default: run.evaluate.chunk_seconds)")
+    p.add_argument("--world", metavar="DIR", help="procedural worlds (NAME.gt.json): their captions are the "
+                   "prompts and each stream is checked against its world's ground truth (objects keep colour, "
+                   "size and count)")
+    p.add_argument("--world-count", type=int, default=3, metavar="N", help="worlds taken from --world (default 3)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_eval)

@@ -105,3 +105,22 @@ def test_eval_writes_report_and_mlflow_run(tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "rolling/chunk_flicker")) == 3
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "report.md", "metrics.json", "plots", "videos"} <= artifacts
+
+
+@pytest.mark.slow  # ~15 s: one 1 s stream per world with the drift metrics
+def test_eval_checks_world_ground_truth(tmp_path):
+    from data.world import write_world_dataset
+
+    write_world_dataset(tmp_path / "worlds", count=3, width=32, height=32, fps=16, seconds=1.0, seed=3)
+    out = tmp_path / "out"
+    rollforge("eval", "--config", TINY, "--world", str(tmp_path / "worlds"), "--world-count", "2", "--seconds", "1",
+              "--samplers", "rolling", "--out", str(out), "tracking.enabled=false")
+    truths = [json.loads(p.read_text()) for p in sorted((tmp_path / "worlds").glob("*.gt.json"))[:2]]
+    runs = json.loads((out / "metrics.json").read_text())["samplers"]["rolling"]["runs"]
+    assert [r["prompt"] for r in runs] == [t["caption"] for t in truths]
+    for r in runs:  # random weights draw no objects: the check must run and say so, per chunk
+        assert r["world"]["num_frames"] == r["throughput"]["video_frames"] and r["world"]["passed"] is False
+    assert "world checks" in (out / "report.md").read_text()
+    proc = rollforge("eval", "--config", TINY, "--world", str(tmp_path / "worlds"), "--prompts", "x.txt",
+                     "--out", str(out), check=False)
+    assert proc.returncode == 2 and "give one" in proc.stderr
