@@ -28,10 +28,15 @@ log = logging.getLogger("rollforge.run")
 
 
 def check_stages(cfg: Config, run_dir: Path) -> None:
-    """Build every training stage's config up front: a bad `run.<stage>` fails before anything runs."""
+    """Build every training stage's config (and check the evaluation) up front: a bad `run.<stage>`
+    fails before anything runs."""
     for stage in cfg.run.stages:
         if stage in TRAIN_STAGES:
             stage_config(cfg, run_dir, stage)
+    if "evaluate" in cfg.run.stages:
+        from .cli_eval import check_teacher_length
+
+        check_teacher_length(cfg, cfg.run.evaluate.samplers, cfg.run.evaluate.seconds)
 
 
 def plan(cfg: Config, run_dir: Path) -> list[tuple[str, str, bool]]:
