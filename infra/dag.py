@@ -11,6 +11,7 @@ pipeline continues the same MLflow runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -27,20 +28,15 @@ from .tracking import Tracker
 log = logging.getLogger("rollforge.run")
 
 
-def check_stages(cfg: Config, run_dir: Path) -> None:
-    """Build every training stage's config (and check the evaluation) up front: a bad `run.<stage>`
-    fails before anything runs."""
-    for stage in cfg.run.stages:
-        if stage in TRAIN_STAGES:
-            stage_config(cfg, run_dir, stage)
+def plan(cfg: Config, run_dir: Path) -> list[tuple[str, str, bool]]:
+    """[(stage, fingerprint, complete)] in order; fingerprints chain through the stages.
+
+    Building every training stage's config here (and checking the evaluation) makes a bad
+    `run.<stage>` fail before anything runs."""
     if "evaluate" in cfg.run.stages:
         from .cli_eval import check_teacher_length
 
         check_teacher_length(cfg, cfg.run.evaluate.samplers, cfg.run.evaluate.seconds)
-
-
-def plan(cfg: Config, run_dir: Path) -> list[tuple[str, str, bool]]:
-    """[(stage, fingerprint, complete)] in order; fingerprints chain through the stages."""
     out, previous = [], None
     for stage in cfg.run.stages:
         stage_cfg = stage_config(cfg, run_dir, stage) if stage in TRAIN_STAGES else cfg
@@ -55,12 +51,11 @@ def run_pipeline(cfg: Config, run_dir: str | Path, console=None) -> dict:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = pipeline_config(cfg, run_dir)
-    check_stages(cfg, run_dir)
+    steps = plan(cfg, run_dir)
     save_resolved(cfg, run_dir)
     parent = Tracker(cfg.tracking, run_dir, run_name="pipeline", tags={"rollforge.run_dir": str(run_dir)})
     parent.log_params(flatten(to_dict(cfg)))
     records: dict[str, dict] = {}
-    steps = plan(cfg, run_dir)
     if not all(complete for _, _, complete in steps):
         init_ray(cfg.ray)  # a finished run reruns in seconds: no Ray
     try:
@@ -94,9 +89,9 @@ def _run_stage(cfg: Config, run_dir: Path, stage: str, fp: str, record: StageRec
     try:
         if stage in TRAIN_STAGES:
             # train_loop opens the nested run itself (tracking.parent_run_id) inside the learners
-            result = run_train(ctx, None, stage)
+            result = run_train(ctx, stage)
         else:
-            stage_tracking = cfg.tracking.__class__(**{**to_dict(cfg.tracking), "parent_run_id": parent.run_id})
+            stage_tracking = dataclasses.replace(cfg.tracking, parent_run_id=parent.run_id)
             with Tracker(stage_tracking, record.dir, run_name=stage) as tracker:
                 tracker.log_params(flatten({"stage": stage, "settings": settings(cfg, stage)}))
                 result = RUNNERS[stage](ctx, tracker)

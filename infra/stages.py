@@ -196,7 +196,7 @@ def run_precompute(ctx: StageContext, tracker: Tracker) -> dict:
     return {"metrics": metrics, "info": {"status": result["status"]}}
 
 
-def run_train(ctx: StageContext, tracker: Tracker | None, stage: str) -> dict:
+def run_train(ctx: StageContext, stage: str) -> dict:
     from training.export import export_checkpoint
 
     from .ray_train import train_with_ray

@@ -11,9 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data.precompute import precompute
-from data.shard import shard_videos
-from data.world import write_world_dataset
+from data.synthetic import world_latents
 from infra.config import load_config
 from infra.schema import Config
 
@@ -24,12 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_world_dataset(root / "videos", count=4, width=32, height=32, fps=16, seconds=1.5, seed=1)
-    shard_videos(str(root / "videos"), str(root / "shards"), shard_size=2, workers=2, progress=False)
-    cfg = load_config(Config, TINY, [f"data.shards={root / 'shards'}", f"data.latents={root / 'latents'}"])
-    precompute(cfg, progress=False)
-    return root / "latents"
+    return world_latents(load_config(Config, TINY), tmp_path_factory.mktemp("data"), seed=1, workers=2)
 
 
 def ray_train(run_dir, latents, env=None):

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data.precompute import precompute
-from data.shard import shard_videos
-from data.world import write_world_dataset
+from data.synthetic import world_latents
 from infra.config import load_config
 from infra.schema import Config
 from pipeline.networks.checkpoints import save_weights
@@ -29,13 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_world_dataset(root / "videos", count=4, width=32, height=32, fps=16, seconds=1.5, seed=2)
-    shard_videos(str(root / "videos"), str(root / "shards"), shard_size=2, workers=1, progress=False)
-    cfg = load_config(Config, TINY, [f"data.shards={root / 'shards'}", f"data.latents={root / 'latents'}",
-                                     "data.workers=1"])
-    precompute(cfg, progress=False)
-    return root / "latents"
+    return world_latents(load_config(Config, TINY), tmp_path_factory.mktemp("data"), seed=2)
 
 
 @pytest.fixture(scope="module")

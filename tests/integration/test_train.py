@@ -11,9 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from data.precompute import precompute
-from data.shard import shard_videos
-from data.world import write_world_dataset
+from data.synthetic import world_latents
 from infra.config import load_config
 from infra.schema import Config
 
@@ -34,13 +32,7 @@ def rollforge(*args, env=None, check=True):
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory):
     """Procedural world videos -> shards -> latents + MiniLM text (the real data path)."""
-    root = tmp_path_factory.mktemp("data")
-    write_world_dataset(root / "videos", count=4, width=32, height=32, fps=16, seconds=1.5, seed=0)
-    shard_videos(str(root / "videos"), str(root / "shards"), shard_size=2, workers=1, progress=False)
-    cfg = load_config(Config, TINY, [f"data.shards={root / 'shards'}", f"data.latents={root / 'latents'}",
-                                     "data.workers=1"])
-    precompute(cfg, progress=False)
-    return root / "latents"
+    return world_latents(load_config(Config, TINY), tmp_path_factory.mktemp("data"), seed=0)
 
 
 def train(run_dir, stage, latents, *over, nproc=2, steps=4, env=None, check=True, resume=False):

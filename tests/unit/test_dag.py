@@ -45,11 +45,9 @@ def test_bad_run_settings_name_the_key(tmp_path, override, key):
 
 
 def test_teacher_evaluated_beyond_its_context_is_refused_before_running(tmp_path):
-    from infra.dag import check_stages
-
     cfg = load_config(Config, DEMO, ["run.evaluate.samplers=[rolling, bidirectional]", "run.evaluate.seconds=30"])
     with pytest.raises(ConfigError, match="bidirectional"):
-        check_stages(cfg, tmp_path)
+        plan(cfg, tmp_path)
 
 
 def test_distill_without_a_teacher_is_refused(tmp_path):
