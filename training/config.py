@@ -52,6 +52,7 @@ class TrainConfig:
     critic_updates_per_generator: int = 5  # DMD two-time-scale: critic every step, generator every Nth
     p_self_forcing: float = 0.5  # distill: share of block-AR (Self-Forcing) rollouts
     guidance_scale: float = 4.0  # teacher CFG inside the DMD real score
+    text_dropout: float = 0.0  # teacher: share of captions replaced by sampler.negative_prompt (CFG's uncond)
     dmd_min_t: float = 20.0  # DMD timestep clamp (after the shift)
     dmd_max_t: float = 980.0
     rollout_blocks: int | None = None  # distill rollout length in blocks; None = 2x the context
@@ -73,6 +74,7 @@ class TrainConfig:
         _need(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _need(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 disables clipping)")
         _need(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", "must be in [0, 1)")
+        _need(0 <= self.text_dropout < 1, f"{prefix}.text_dropout", f"must be in [0, 1), got {self.text_dropout}")
         _need(0 <= self.p_self_forcing <= 1, f"{prefix}.p_self_forcing", "must be in [0, 1]")
         _need(0 <= self.dmd_min_t < self.dmd_max_t <= 1000, f"{prefix}.dmd_min_t",
               f"need 0 <= dmd_min_t < dmd_max_t <= 1000, got {self.dmd_min_t}, {self.dmd_max_t}")

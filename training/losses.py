@@ -36,6 +36,19 @@ def sample_timesteps(n: int, generator: torch.Generator, shift: float, num_train
     return t.to(device=device if device is not None else u.device, dtype=torch.float32)
 
 
+def drop_text(emb: Tensor, null: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Caption dropout for classifier-free guidance: each sample's text embedding [B, L, D] is
+    replaced by `null` ([1, L, D], the negative prompt's) with probability p, so the model also
+    learns the unconditional flow v(x_t, t, null) that CFG extrapolates from. p == 0 draws nothing
+    (the random stream, and thus a run, is unchanged)."""
+    if p <= 0:
+        return emb
+    if null.shape[1:] != emb.shape[1:]:
+        raise ValueError(f"null text {tuple(null.shape)} does not match the batch's text {tuple(emb.shape)}")
+    drop = torch.rand(emb.shape[0], generator=generator, device=generator.device) < p
+    return torch.where(drop.to(emb.device)[:, None, None], null.to(emb.dtype), emb)
+
+
 def per_block_steps(num_blocks: int, num_steps: int, generator: torch.Generator) -> Tensor:
     """Independent uniform step index in [0, num_steps) per block: LongTensor [num_blocks] (ODE init)."""
     return torch.randint(0, num_steps, (num_blocks,), generator=generator, device=generator.device)

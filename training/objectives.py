@@ -36,7 +36,7 @@ from .dist import all_true, broadcast_int
 from .ema import EMA
 from .engines import build_engine
 from .history import HistoryFeed, history_source
-from .losses import dmd_loss, flow_matching_loss, ode_inputs, ode_regression_loss, per_block_steps, sample_timesteps
+from .losses import dmd_loss, drop_text, flow_matching_loss, ode_inputs, ode_regression_loss, per_block_steps, sample_timesteps
 from .ode import load_pairs, make_ode_pairs, save_pairs
 from .ode_parts import load_pair_parts
 from .publish import PublishSchedule, full_weights
@@ -135,6 +135,9 @@ class TeacherObjective(Objective):
         super().__init__(*a)
         self.wrap("generator", self.new_dit(self.cfg.model.weights, trainable=True), self.cfg.train.generator)
         self.ema = EMA(self.engines["generator"].module, self.cfg.train.ema_decay, self.cfg.train.ema_start)
+        self.null_text = None
+        if self.cfg.train.text_dropout > 0:
+            self.null_text = build_text_encoder(self.cfg.text, self.device).encode([self.cfg.sampler.negative_prompt])
 
     def train_step(self, step: int) -> dict:
         eng, t0 = self.engines["generator"], time.perf_counter()
@@ -142,7 +145,10 @@ class TeacherObjective(Objective):
         x0 = batch["latent"].to(self.dtype)
         t1 = time.perf_counter()
         t = sample_timesteps(x0.shape[0], self.noise, self.cfg.stream.shift, device=self.device)
-        loss = flow_matching_loss(eng, x0, self.text_cond(eng.module, batch["text"]), t, self.randn(x0.shape))
+        text = batch["text"]
+        if self.null_text is not None:
+            text = drop_text(text, self.null_text, self.cfg.train.text_dropout, self.noise)
+        loss = flow_matching_loss(eng, x0, self.text_cond(eng.module, text), t, self.randn(x0.shape))
         ok = self.optimize("generator", loss)
         t2 = time.perf_counter()
         return {"loss": loss.item(), "stepped": ok, "time/data": t1 - t0, "time/compute": t2 - t1,

@@ -128,7 +128,7 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(latents, tmp_path):
 
 
 def test_resume_is_bit_identical_and_survives_a_crash_mid_save(latents, tmp_path):
-    over = ("train.zero_stage=2",)
+    over = ("train.zero_stage=2", "train.text_dropout=0.5")  # caption-dropout draws must resume too
     train(tmp_path / "straight", "teacher", latents, *over, steps=6)
     # stopped at 3, resumed to 6
     train(tmp_path / "resumed", "teacher", latents, *over, steps=3)

@@ -12,6 +12,7 @@ from training.losses import (
     dmd_generator_loss,
     dmd_loss,
     dmd_scores,
+    drop_text,
     flow_matching_loss,
     ode_inputs,
     ode_regression_loss,
@@ -208,3 +209,19 @@ def test_ode_regression_loss_decreases(model, text):
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_drop_text_replaces_rows_at_rate_and_zero_draws_nothing():
+    emb = torch.randn(2000, 4, 8)
+    null = torch.zeros(1, 4, 8)
+    g = torch.Generator().manual_seed(0)
+    out = drop_text(emb, null, 0.25, g)
+    dropped = (out == 0).all(dim=(1, 2))
+    kept = (out == emb).all(dim=(1, 2))
+    assert bool((dropped | kept).all())  # whole rows: a caption is replaced entirely or kept
+    assert abs(dropped.float().mean().item() - 0.25) < 0.04
+    state = g.get_state()
+    assert drop_text(emb, null, 0.0, g) is emb
+    assert torch.equal(g.get_state(), state)  # p = 0 leaves the random stream (and a run) unchanged
+    with pytest.raises(ValueError, match="does not match"):
+        drop_text(emb, torch.zeros(1, 5, 8), 0.1, g)
