@@ -326,6 +326,11 @@ def model_numbers(summary: dict, flat: dict, name: str, window_chunks: int = 5) 
         "brisque_first_5s": sum(first) / len(first) if first else None,
         "brisque_last_5s": sum(last) / len(last) if last else None,
         "similarity_last_to_first": flat.get(f"{name}/similarity_last_to_first"),
+        "similarity_min_to_first": flat.get(f"{name}/similarity_min_to_first"),
+        "luma_max_deviation": flat.get(f"{name}/luma_max_deviation"),
+        "luma_max_deviation_per_prompt": [
+            (((r.get("drift") or {}).get("colour") or {}).get("max_abs_deviation_from_first_chunk") or {}).get("luma_mean")
+            for r in runs],
         "frechet_first_last": flat.get(f"{name}/frechet_first_last"),
         "flicker": flat.get(f"{name}/flicker"),
         "fps": flat.get(f"{name}/fps"),

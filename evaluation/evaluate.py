@@ -104,9 +104,13 @@ def world_sinks(truths: list[dict], chunk_seconds: float, fps: float) -> FrameSi
 
 
 def _drift_scalars(drift: dict) -> dict[str, float | None]:
-    """The headline numbers of one stream's drift summary (None where undefined)."""
+    """The headline numbers of one stream's drift summary (None where undefined). The first/last
+    window numbers miss a change in between (a background that flips at 2 s and stays); the
+    worst similarity to the first chunk and the largest brightness deviation from it catch it."""
     q, c, f = drift.get("quality") or {}, drift.get("consistency") or {}, drift.get("frechet") or {}
+    luma = ((drift.get("colour") or {}).get("max_abs_deviation_from_first_chunk") or {}).get("luma_mean")
     return {"quality_drift": q.get("delta_drift"), "similarity_last_to_first": c.get("last_to_first"),
+            "similarity_min_to_first": c.get("min_to_first"), "luma_max_deviation": luma,
             "frechet_first_last": f.get("distance"), "flicker": (drift.get("flicker") or {}).get("score")}
 
 

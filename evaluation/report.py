@@ -36,6 +36,8 @@ COLUMNS = [
     ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
     ("quality_drift", "quality ΔDrift ↓", "{:.3f}"),
     ("similarity_last_to_first", "similarity last→first ↑", "{:.3f}"),
+    ("similarity_min_to_first", "worst similarity to first ↑", "{:.3f}"),
+    ("luma_max_deviation", "max brightness change ↓", "{:.1f}"),
     ("frechet_first_last", "Fréchet first↔last ↓", "{:.2f}"),
     ("flicker", "flicker (1 = static)", "{:.4f}"),
 ]

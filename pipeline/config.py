@@ -22,6 +22,9 @@ def _require(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+PREDICTIONS = ("flow", "x0")
+
+
 @dataclass
 class ModelConfig:
     """Wan2.1 DiT hyper-parameters (the T2V-1.3B values are in configs/wan2.1_t2v_1.3b.yaml)."""
@@ -41,6 +44,10 @@ class ModelConfig:
     cross_attn_norm: bool = True
     rope_theta: float = 10000.0
     weights: str | None = None  # Wan2.1 DiT weights: a .safetensors file, a directory, or a shard index
+    # What the network's head outputs: "flow" (v = eps - x0, Wan's weights) or "x0" (the clean latent;
+    # forward still returns the flow). x0 suits small models whose tokens carry nearly as many values
+    # as their width: at high noise they must output ~the mean, not copy the noise through.
+    prediction: str = "flow"
 
     @property
     def head_dim(self) -> int:
@@ -57,6 +64,8 @@ class ModelConfig:
         # 3-D RoPE splits the head dim into (t, h, w) parts; each must hold at least one rotation pair.
         _require(self.head_dim // 6 >= 1, f"{prefix}.num_heads", f"head dim {self.head_dim} must be >= 6 for 3-D RoPE")
         _require(self.freq_dim % 2 == 0, f"{prefix}.freq_dim", "must be even")
+        _require(self.prediction in PREDICTIONS, f"{prefix}.prediction",
+                 f"unknown {self.prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
 
 @dataclass

@@ -14,6 +14,10 @@ load with a strict state_dict. The same module serves three roles:
 
 Shapes: latents x [B, F, C, H, W]; tokens [B, L, dim] with L = f*h*w (f = F/p_t, h = H/p_h,
 w = W/p_w), frame-major. Flow output [B, F, C_out, H, W] (v = eps - x0).
+
+With `model.prediction = "x0"` the head's output is read as x0_hat and forward returns the flow
+v = (x_t - x0_hat) / max(sigma, X0_MIN_SIGMA), sigma = t / NUM_TRAIN_TIMESTEPS per frame, so every
+caller (samplers, losses, DMD) still sees a flow; a v-space loss then weighs x0 errors by 1/sigma^2.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from torch.utils.checkpoint import checkpoint
 from ..attention import attention
 from ..config import ModelConfig
 from ..rope import apply_rope, rope_cos_sin
+
+NUM_TRAIN_TIMESTEPS = 1000  # t in [0, T]: Wan's timestep scale, which the time embedding is trained on
+# x0-prediction divides by sigma; below this the flow would blow up (and the clean KV-cache pass runs
+# at t = 0). The same floor as "Back to Basics: Let Denoising Generative Models Denoise" (x-pred, v-loss).
+X0_MIN_SIGMA = 0.05
 
 
 def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
@@ -301,9 +310,22 @@ class WanDiT(nn.Module):
                 ks.append(k)
                 vs.append(v)
         flow = self.unpatchify(self.head(hidden, tok.e, f), tok.grid)
+        if self.cfg.prediction == "x0":
+            flow = x0_to_flow(flow, x, t)
         if return_kv:
             return flow, (torch.stack(ks), torch.stack(vs))
         return flow
+
+
+def x0_to_flow(x0_hat: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """v = (x_t - x0_hat) / max(sigma, X0_MIN_SIGMA) for x [B, F, ...], t [B] or [B, F] (or a scalar)."""
+    sigma = torch.as_tensor(t, device=x.device, dtype=torch.float32) / NUM_TRAIN_TIMESTEPS
+    if sigma.dim() == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.dim() == 1:
+        sigma = sigma[:, None].expand(x.shape[0], x.shape[1])
+    sigma = sigma.clamp_min(X0_MIN_SIGMA).reshape(*sigma.shape, *([1] * (x.dim() - 2)))
+    return (x.float() - x0_hat.float()) / sigma
 
 
 def build_dit(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

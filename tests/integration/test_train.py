@@ -93,7 +93,8 @@ def test_export_then_generate_equals_in_memory_ema(teacher, tmp_path):
 
 
 def test_teacher_zero3(latents, tmp_path):
-    train(tmp_path, "teacher", latents, "train.zero_stage=3", "tracking.video_every=2", steps=3)
+    # x0-prediction (model.prediction) trains and samples through the same engine and exports
+    train(tmp_path, "teacher", latents, "train.zero_stage=3", "tracking.video_every=2", "model.prediction=x0", steps=3)
     values, client, run_id = losses(tmp_path)
     assert len(values) == 3 and all(v == v for v in values)
     videos = sorted(a.path for a in client.list_artifacts(run_id, "samples"))

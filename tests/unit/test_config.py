@@ -58,7 +58,8 @@ BAD = [
     (["stream.frames_per_block=4"], "stream.context_frames"),  # 18 frames do not split into blocks of 4
     (["codec.kind=wan_vae"], "codec.spatial_factor"),
     (["text.kind=umt5"], "text.path"),
-    (["train.text_dropout=1.0"], "train.text_dropout"),  # no caption would ever be seen
+    (["train.text_dropout=1.0"], "train.text_dropout"),
+    (["model.prediction=eps"], "model.prediction"),  # no caption would ever be seen
 ]
 
 

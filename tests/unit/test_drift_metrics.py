@@ -401,3 +401,21 @@ def test_local_hf_vision_model_hook(tmp_path, carphone):
     r = drift_of_frames(carphone[:16], FPS, 1.0, features=hook, window_s=1.0)
     assert r["consistency"]["features"] == f"hf:{tmp_path.name}" and r["frechet"]["dim"] == 16
     assert math.isclose(r["consistency"]["similarity_to_first"][0], 1.0)
+
+
+def test_headline_metrics_catch_a_change_between_the_first_and_last_windows():
+    """A gray stream that turns dark blue from 5 s to 10 s and back: the first and last 5 s
+    windows agree (no colour drift visible there), but the largest brightness change from the
+    first chunk (MLflow: <sampler>/luma_max_deviation) sees it."""
+    from evaluation.evaluate import flat_metrics
+
+    fps, seconds = 4, 15
+    frames = np.full((fps * seconds, 32, 32, 3), 110, np.uint8)
+    frames[fps * 5:fps * 10] = (15, 20, 70)  # world.BACKGROUNDS["dark blue"]
+    summary = drift_of_frames(frames, fps, window_s=5.0)
+    flat = flat_metrics({"samplers": {"x": {"runs": [{"drift": summary}]}}})
+    assert abs(summary["colour"]["drift"]["luma_mean"]) < 1e-6  # first vs last: identical
+    assert flat["x/luma_max_deviation"] > 80  # gray (110) -> dark blue (~23)
+    steady = flat_metrics({"samplers": {"x": {"runs": [{"drift": drift_of_frames(frames[:fps * 5], fps,
+                                                                                  window_s=2.0)}]}}})
+    assert steady["x/luma_max_deviation"] == 0

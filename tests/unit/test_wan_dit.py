@@ -135,3 +135,29 @@ def test_zero_head_init_predicts_zero_flow(micro_cfg):
     x, text = _inputs(micro_cfg)
     with torch.no_grad():
         assert m(x, torch.tensor([500.0]), m.encode_text(text)).abs().max() == 0
+
+
+def test_x0_prediction_returns_the_flow_of_the_heads_x0(micro_cfg):
+    """prediction=x0: same weights, the head's output is x0_hat and forward returns
+    (x - x0_hat) / max(sigma, 0.05), per sample and per frame; the KV-cache path agrees too."""
+    import dataclasses
+
+    flow_m = build_dit(micro_cfg, zero_head=False).eval()
+    x0_m = build_dit(dataclasses.replace(micro_cfg, prediction="x0")).eval()
+    x0_m.load_state_dict(flow_m.state_dict())
+    x, text = _inputs(micro_cfg, frames=4)
+    cond = flow_m.encode_text(text)
+    with torch.no_grad():
+        t = torch.tensor([600.0])
+        assert torch.allclose(x0_m(x, t, cond), (x - flow_m(x, t, cond)) / 0.6, atol=1e-5)
+        tf = torch.tensor([[0.0, 20.0, 700.0, 400.0]])  # clamped to 0.05 below t = 50
+        sigma = torch.tensor([0.05, 0.05, 0.7, 0.4]).view(1, 4, 1, 1, 1)
+        assert torch.allclose(x0_m(x, tf, cond), (x - flow_m(x, tf, cond)) / sigma, atol=1e-4)
+        _, ctx = x0_m(x[:, :2], tf[:, :2], cond, return_kv=True)
+        cached = x0_m(x[:, 2:], tf[:, 2:], cond, kv_context=ctx)
+        _, ctx_f = flow_m(x[:, :2], tf[:, :2], cond, return_kv=True)
+        assert torch.allclose(cached, (x[:, 2:] - flow_m(x[:, 2:], tf[:, 2:], cond, kv_context=ctx_f)) / sigma[:, 2:],
+                              atol=1e-4)
+        # a zero head predicts x0 = 0, i.e. the flow is x / sigma
+        fresh = build_dit(dataclasses.replace(micro_cfg, prediction="x0"))
+        assert torch.allclose(fresh(x, t, cond), x / 0.6, atol=1e-6)
