@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .config import ConfigError, GeneratorConfig
 from .kv_cache import RollingKVCache
-from .networks.checkpoints import load_weights
+from .networks.checkpoints import check_export_model, load_weights
 from .networks.codecs import build_codec
 from .networks.text_encoders import build_text_encoder
 from .networks.wan_dit import TextCond, build_dit
@@ -94,7 +94,7 @@ class StreamingGenerator:
         self.model = build_dit(cfg.model, self.device, self.dtype, seed=cfg.runtime.seed, zero_head=False).eval()
         weights = checkpoint or cfg.model.weights
         if checkpoint is not None:
-            self._check_checkpoint_config(Path(checkpoint))
+            check_export_model(checkpoint, cfg.model)
         if weights:
             load_weights(self.model, weights)
         self.model.requires_grad_(False)
@@ -103,17 +103,6 @@ class StreamingGenerator:
         s = cfg.stream
         self.levels = denoising_levels(s.denoising_steps, s.shift, s.num_train_timesteps, s.warp_denoising_steps)
         self._text_cache: dict[str, TextCond] = {}
-
-    def _check_checkpoint_config(self, ckpt: Path) -> None:
-        meta = ckpt / "config.json"
-        if not meta.is_file():
-            return
-        saved = json.loads(meta.read_text()).get("model", {})
-        mine = json.loads(json.dumps(asdict(self.cfg.model)))  # tuples -> lists, as saved
-        diff = [k for k, v in saved.items() if k in mine and k != "weights" and v != mine[k]]
-        if diff:
-            raise ConfigError(f"model.{diff[0]}: checkpoint {ckpt} was trained with {diff[0]}={saved[diff[0]]}, "
-                              f"config says {mine[diff[0]]}")
 
     # ------------------------------------------------------------------ geometry
     @property

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from data.loader import ShardLoader, latent_decoder
 from pipeline.config import tokens_per_frame
-from pipeline.networks.checkpoints import load_weights
+from pipeline.networks.checkpoints import check_export_model, load_weights
 from pipeline.networks.text_encoders import build_text_encoder
 from pipeline.networks.wan_dit import TextCond, WanDiT, build_dit
 from pipeline.schedule import denoising_levels
@@ -77,6 +77,7 @@ class Objective:
     def new_dit(self, weights: str | None, trainable: bool) -> WanDiT:
         model = build_dit(self.cfg.model, self.device, torch.float32, seed=self.cfg.train.seed)
         if weights:
+            check_export_model(weights, self.cfg.model)
             load_weights(model, weights)
         model.gradient_checkpointing = trainable and self.cfg.train.activation_checkpointing
         if not trainable:

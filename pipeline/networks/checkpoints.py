@@ -7,11 +7,14 @@ Accepts Wan2.1's own release layout (`diffusion_pytorch_model.safetensors`, poss
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from ..config import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 INDEX_FILES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json")
@@ -75,3 +78,22 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def check_export_model(path: str | Path, model_cfg) -> None:
+    """An export dir (model.safetensors + config.json) must have been trained with `model_cfg`'s
+    settings: raise ConfigError naming the first differing `model.<key>` (`weights` aside).
+
+    Shapes are also caught by the strict load, but not `prediction`: an x0-predicting export read
+    as a flow predictor loads fine and is silently wrong. Anything without a config.json (a bare
+    .safetensors, Wan's own weights) is not checked.
+    """
+    meta = Path(path) / "config.json"
+    if not meta.is_file():
+        return
+    saved = json.loads(meta.read_text()).get("model", {})
+    mine = json.loads(json.dumps(asdict(model_cfg)))  # tuples -> lists, as saved
+    diff = [k for k, v in saved.items() if k in mine and k != "weights" and v != mine[k]]
+    if diff:
+        raise ConfigError(f"model.{diff[0]}: checkpoint {path} was trained with {diff[0]}={saved[diff[0]]}, "
+                          f"config says {mine[diff[0]]}")

@@ -161,3 +161,20 @@ def test_x0_prediction_returns_the_flow_of_the_heads_x0(micro_cfg):
         # a zero head predicts x0 = 0, i.e. the flow is x / sigma
         fresh = build_dit(dataclasses.replace(micro_cfg, prediction="x0"))
         assert torch.allclose(fresh(x, t, cond), x / 0.6, atol=1e-6)
+
+
+def test_export_config_must_match_the_model_config(tmp_path, micro_cfg):
+    """An x0-predicting export loads with the same shapes into a flow model: only config.json can
+    tell, so the generator and every training stage check it and name the key."""
+    import dataclasses
+
+    from pipeline.config import ConfigError
+    from pipeline.networks.checkpoints import check_export_model
+
+    x0_cfg = dataclasses.replace(micro_cfg, prediction="x0")
+    save_weights(build_dit(x0_cfg), tmp_path / "model.safetensors")
+    check_export_model(tmp_path, micro_cfg)  # no config.json (e.g. Wan's own weights): not checked
+    (tmp_path / "config.json").write_text(json.dumps({"model": {**dataclasses.asdict(x0_cfg), "weights": "elsewhere"}}))
+    check_export_model(tmp_path, x0_cfg)  # same settings; `weights` may differ
+    with pytest.raises(ConfigError, match=r"^model\.prediction: .*prediction=x0, config says flow"):
+        check_export_model(tmp_path, micro_cfg)
