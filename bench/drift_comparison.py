@@ -312,6 +312,8 @@ def noise_se(chunk_qualities: list[float], window_chunks: int) -> float | None:
 def model_numbers(summary: dict, flat: dict, name: str, window_chunks: int = 5) -> dict:
     """The per-model block of the printed JSON: means over prompts plus the per-prompt ΔDrift and
     its rough noise scale (`noise_se`, over the full chunks)."""
+    from evaluation.evaluate import drift_scalars
+
     runs = summary["runs"]
     noise = [noise_se([c.get("quality") for c in (r.get("drift") or {}).get("chunks") or [] if not c.get("partial")],
                       window_chunks) for r in runs]
@@ -328,9 +330,7 @@ def model_numbers(summary: dict, flat: dict, name: str, window_chunks: int = 5) 
         "similarity_last_to_first": flat.get(f"{name}/similarity_last_to_first"),
         "similarity_min_to_first": flat.get(f"{name}/similarity_min_to_first"),
         "luma_max_deviation": flat.get(f"{name}/luma_max_deviation"),
-        "luma_max_deviation_per_prompt": [
-            (((r.get("drift") or {}).get("colour") or {}).get("max_abs_deviation_from_first_chunk") or {}).get("luma_mean")
-            for r in runs],
+        "luma_max_deviation_per_prompt": [drift_scalars(r.get("drift") or {})["luma_max_deviation"] for r in runs],
         "frechet_first_last": flat.get(f"{name}/frechet_first_last"),
         "flicker": flat.get(f"{name}/flicker"),
         "fps": flat.get(f"{name}/fps"),

@@ -30,6 +30,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -287,6 +288,14 @@ def _decode_video(sample: dict, **kw) -> dict | None:
     except VideoError as e:
         log.warning("dropping clip %s: %s", sample.get("__key__"), getattr(e, "reason", e))
         return None
+
+
+def latent_urls(latents_dir: str | Path) -> list[str]:
+    """The latent shards `data.precompute` wrote in `latents_dir`, in file order."""
+    urls = sorted(str(p) for p in Path(latents_dir).glob("shard-*.tar"))
+    if not urls:
+        raise FileNotFoundError(f"data.latents={latents_dir}: no latent shards (run `rollforge data precompute`)")
+    return urls
 
 
 def latent_decoder() -> Decode:

@@ -103,7 +103,7 @@ def world_sinks(truths: list[dict], chunk_seconds: float, fps: float) -> FrameSi
     return make
 
 
-def _drift_scalars(drift: dict) -> dict[str, float | None]:
+def drift_scalars(drift: dict) -> dict[str, float | None]:
     """The headline numbers of one stream's drift summary (None where undefined). The first/last
     window numbers miss a change in between (a background that flips at 2 s and stays); the
     worst similarity to the first chunk and the largest brightness deviation from it catch it."""
@@ -124,7 +124,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
         checked = [r["world"]["passed"] for r in summary["runs"] if isinstance(r.get("world"), dict)]
         if checked:
             flat[f"{sampler}/world_pass_rate"] = sum(map(bool, checked)) / len(checked)
-        drifts = [_drift_scalars(r["drift"]) for r in summary["runs"] if r.get("drift")]
+        drifts = [drift_scalars(r["drift"]) for r in summary["runs"] if r.get("drift")]
         for key in (drifts[0] if drifts else {}):
             values = [d[key] for d in drifts if d[key] is not None]
             if values:

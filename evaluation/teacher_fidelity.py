@@ -29,15 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .drift import as_frames, consecutive_mae
+
 DEFAULT_SIGMAS = (0.1, 0.3, 0.6, 0.9, 1.0)
 
 
 def frame_stats(frames: np.ndarray) -> dict:
     """uint8 frames [n, H, W, 3] -> {temporal_diff, spatial_diff} in grey levels (see module doc)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames [n, H, W, 3], got {frames.shape}")
+    frames = as_frames(frames)
     x = frames.astype(np.float64)
-    temporal = float(np.abs(np.diff(x, axis=0)).mean()) if len(x) > 1 else 0.0
+    temporal = float(consecutive_mae(frames).mean()) if len(frames) > 1 else 0.0
     spatial = float((np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=2)).mean()) / 2)
     return {"temporal_diff": temporal, "spatial_diff": spatial}
 
@@ -50,6 +51,7 @@ def denoising_errors(model, x0: torch.Tensor, text, sigmas, generator: torch.Gen
 
     x0 = x0.float()
     var = float(x0.var())
+    param = next(model.parameters())
     out = {}
     for sigma in sigmas:
         if not 0 < sigma <= 1:
@@ -57,7 +59,6 @@ def denoising_errors(model, x0: torch.Tensor, text, sigmas, generator: torch.Gen
         eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         t = sigma * num_train_timesteps
         x_t = add_noise(x0, eps, t, num_train_timesteps)
-        param = next(model.parameters())
         flow = model(x_t.to(param.dtype), torch.full((x0.shape[0],), t, device=x0.device), text).float()
         x0_hat = flow_to_x0(flow, x_t, t, num_train_timesteps)
         mse = float(((x0_hat - x0) ** 2).mean())
@@ -70,13 +71,11 @@ def data_clips(latents_dir: str | Path, count: int) -> list[dict]:
     """The first `count` clips of the latent shards in file order: [{latent [F, C, h, w], caption}]."""
     import webdataset as wds
 
-    from data.loader import latent_decoder
+    from data.loader import latent_decoder, latent_urls
 
-    urls = sorted(str(p) for p in Path(latents_dir).glob("shard-*.tar"))
-    if not urls:
-        raise FileNotFoundError(f"{latents_dir}: no latent shards (shard-*.tar)")
     decode = latent_decoder()
-    samples = itertools.islice(wds.WebDataset(urls, shardshuffle=False, empty_check=False), count)
+    shards = wds.WebDataset(latent_urls(latents_dir), shardshuffle=False, empty_check=False)
+    samples = itertools.islice(shards, count)
     return [{"latent": s["latent"], "caption": s["caption"]} for s in map(decode, samples)]
 
 

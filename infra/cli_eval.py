@@ -117,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.plots import chunk_series
     from evaluation.report import COLUMNS, fmt, write_report
 
-    from .tracking import RUN_ID_FILE, Tracker
+    from .tracking import RUN_ID_FILE, Tracker, store_uri, ui_command
 
     e = cfg.run.evaluate
     out = Path(args.out).resolve()
@@ -166,8 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"report:   {report['html']} (markdown: {report['md']})")
     print(f"metrics:  {out / 'metrics.json'} (videos in {out / 'videos'}, plots in {out / 'plots'})")
     if run_id:
-        uri = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
-        print(f"MLflow:   run {run_id}: mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+        print(f"MLflow:   run {run_id}: {ui_command(store_uri(cfg.tracking, out))}")
     return 0
 
 

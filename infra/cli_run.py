@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import load_config
 from .schema import Config
+from .tracking import store_uri, ui_command
 
 EPILOG = ("Overrides: any config key as key.sub=value, e.g. run.distill.max_steps=200 run.learners=2 "
           "ray.address=auto tracking.uri=http://127.0.0.1:5000")
@@ -21,7 +22,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.validate()
     records = run_pipeline(cfg, args.run_dir)
     run_dir = Path(args.run_dir).resolve()
-    uri = cfg.tracking.uri or f"sqlite:///{run_dir / 'mlflow.db'}"
     print(f"pipeline finished: {', '.join(records)} in {run_dir}")
     if "evaluate" in records:
         print(f"  evaluation:  {run_dir / 'eval' / 'metrics.json'} (videos in {run_dir / 'eval' / 'videos'})")
@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  student:     {run_dir / 'export'}{model}")
         print(f"  stream it:   rollforge generate --config {run_dir / 'export' / 'config.yaml'} "
               f"--checkpoint {run_dir / 'export'} --prompt \"...\" --seconds 30 --out video.mp4")
-    print(f"  MLflow:      mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
+    print(f"  MLflow:      {ui_command(store_uri(cfg.tracking, run_dir))}")
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import load_config
 from .schema import Config
+from .tracking import store_uri, ui_command
 
 EPILOG = "Overrides: any config key as key.sub=value, e.g. train.zero_stage=3 train.generator.lr=1.0e-5"
 
@@ -52,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 3
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"stage {cfg.train.stage} finished at step {cfg.train.max_steps}: loss {logs.get('loss', float('nan')):.5f}"
-              f"; checkpoint {logs.get('checkpoint')}; MLflow: mlflow ui --backend-store-uri sqlite:///{Path(args.run_dir).resolve()}/mlflow.db")
+              f"; checkpoint {logs.get('checkpoint')}; MLflow: {ui_command(store_uri(cfg.tracking, args.run_dir))}")
     return 0
 
 

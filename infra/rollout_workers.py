@@ -34,7 +34,7 @@ import ray
 import torch
 from ray.util.queue import Empty, Full, Queue
 
-from data.loader import ShardLoader, latent_decoder
+from data.loader import ShardLoader, latent_decoder, latent_urls
 from pipeline.config import latent_hw
 from pipeline.generator import DTYPES, resolve_device
 from pipeline.networks.checkpoints import load_weights
@@ -42,7 +42,6 @@ from pipeline.networks.text_encoders import build_text_encoder
 from pipeline.networks.wan_dit import build_dit
 from pipeline.schedule import denoising_levels
 from training.history import History, generate_history
-from training.objectives import latent_urls
 from training.ode import make_ode_pairs, save_pairs
 from training.ode_parts import complete_parts, part_path, write_marker
 

@@ -45,6 +45,16 @@ def _batches(items: list, size: int = BATCH):
         yield items[i: i + size]
 
 
+def store_uri(cfg: TrackingConfig, run_dir: str | Path) -> str:
+    """tracking.uri, or the embedded default: a SQLite file in the run dir."""
+    return cfg.uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that browses `uri`, bound to localhost (the UI has no authentication)."""
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts of a SQLite store live beside the database (`mlartifacts/`); a server decides its own."""
     if not uri.startswith("sqlite:///"):
@@ -65,7 +75,7 @@ class Tracker:
             return
         for key, value in HTTP_ENV.items():
             os.environ.setdefault(key, value)
-        self.uri = cfg.uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
+        self.uri = store_uri(cfg, self.run_dir)
         self._guard(self._start, run_name, parent_run_id or cfg.parent_run_id, tags or {})
 
     # ------------------------------------------------------------------ plumbing

@@ -36,11 +36,11 @@ def sample_timesteps(n: int, generator: torch.Generator, shift: float, num_train
     return t.to(device=device if device is not None else u.device, dtype=torch.float32)
 
 
-def drop_text(emb: Tensor, null: Tensor, p: float, generator: torch.Generator) -> Tensor:
+def drop_text(emb: Tensor, null: Tensor | None, p: float, generator: torch.Generator) -> Tensor:
     """Caption dropout for classifier-free guidance: each sample's text embedding [B, L, D] is
     replaced by `null` ([1, L, D], the negative prompt's) with probability p, so the model also
     learns the unconditional flow v(x_t, t, null) that CFG extrapolates from. p == 0 draws nothing
-    (the random stream, and thus a run, is unchanged)."""
+    (the random stream, and thus a run, is unchanged) and needs no `null`."""
     if p <= 0:
         return emb
     if null.shape[1:] != emb.shape[1:]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from data.loader import ShardLoader, latent_decoder
+from data.loader import ShardLoader, latent_decoder, latent_urls
 from pipeline.config import tokens_per_frame
 from pipeline.networks.checkpoints import check_export_model, load_weights
 from pipeline.networks.text_encoders import build_text_encoder
@@ -45,13 +45,6 @@ from .rollouts import rolling_rollout, self_forcing_rollout
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def latent_urls(latents_dir: str) -> list[str]:
-    urls = sorted(str(p) for p in Path(latents_dir).glob("shard-*.tar"))
-    if not urls:
-        raise FileNotFoundError(f"data.latents={latents_dir}: no latent shards (run `rollforge data precompute`)")
-    return urls
 
 
 class Objective:
@@ -146,9 +139,7 @@ class TeacherObjective(Objective):
         x0 = batch["latent"].to(self.dtype)
         t1 = time.perf_counter()
         t = sample_timesteps(x0.shape[0], self.noise, self.cfg.stream.shift, device=self.device)
-        text = batch["text"]
-        if self.null_text is not None:
-            text = drop_text(text, self.null_text, self.cfg.train.text_dropout, self.noise)
+        text = drop_text(batch["text"], self.null_text, self.cfg.train.text_dropout, self.noise)
         loss = flow_matching_loss(eng, x0, self.text_cond(eng.module, text), t, self.randn(x0.shape))
         ok = self.optimize("generator", loss)
         t2 = time.perf_counter()

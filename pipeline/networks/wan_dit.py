@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from ..attention import attention
 from ..config import ModelConfig
 from ..rope import apply_rope, rope_cos_sin
+from ..schedule import x0_to_flow
 
 NUM_TRAIN_TIMESTEPS = 1000  # t in [0, T]: Wan's timestep scale, which the time embedding is trained on
 # x0-prediction divides by sigma; below this the flow would blow up (and the clean KV-cache pass runs
@@ -311,21 +312,12 @@ class WanDiT(nn.Module):
                 vs.append(v)
         flow = self.unpatchify(self.head(hidden, tok.e, f), tok.grid)
         if self.cfg.prediction == "x0":
-            flow = x0_to_flow(flow, x, t)
+            t_floor = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+            t_floor = t_floor.clamp_min(X0_MIN_SIGMA * NUM_TRAIN_TIMESTEPS)
+            flow = x0_to_flow(flow, x.float(), t_floor, NUM_TRAIN_TIMESTEPS)
         if return_kv:
             return flow, (torch.stack(ks), torch.stack(vs))
         return flow
-
-
-def x0_to_flow(x0_hat: Tensor, x: Tensor, t: Tensor) -> Tensor:
-    """v = (x_t - x0_hat) / max(sigma, X0_MIN_SIGMA) for x [B, F, ...], t [B] or [B, F] (or a scalar)."""
-    sigma = torch.as_tensor(t, device=x.device, dtype=torch.float32) / NUM_TRAIN_TIMESTEPS
-    if sigma.dim() == 0:
-        sigma = sigma.expand(x.shape[0])
-    if sigma.dim() == 1:
-        sigma = sigma[:, None].expand(x.shape[0], x.shape[1])
-    sigma = sigma.clamp_min(X0_MIN_SIGMA).reshape(*sigma.shape, *([1] * (x.dim() - 2)))
-    return (x.float() - x0_hat.float()) / sigma
 
 
 def build_dit(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
