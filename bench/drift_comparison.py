@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.teacher_prefix_blocks < s.context_blocks:
         raise ValueError(f"--teacher-prefix-blocks must be in [0, {s.context_blocks}), got {args.teacher_prefix_blocks}")
     prompts = select_prompts(args.prompts, cfg.run.evaluate.prompts)
-    rollout_blocks = cfg.train.rollout_blocks or 2 * s.context_blocks
+    rollout_blocks = cfg.train.rollout_range(s.context_blocks)[1]  # the longest training rollout
     train_s = training_seconds(rollout_blocks, s.frames_per_block, cfg.codec.video_frames, cfg.video.fps)
     seconds = stream_seconds(train_s, args.length_factor)
     out = Path(args.out).resolve()

@@ -41,6 +41,7 @@ from pipeline.networks.checkpoints import load_weights
 from pipeline.networks.text_encoders import build_text_encoder
 from pipeline.networks.wan_dit import build_dit
 from pipeline.schedule import denoising_levels
+from pipeline.windows import ContextRule
 from training.history import History, generate_history
 from training.ode import make_ode_pairs, save_pairs
 from training.ode_parts import complete_parts, part_path, write_marker
@@ -154,7 +155,9 @@ class StudentRolloutWorker:
         s = self.cfg.stream
         self.levels = denoising_levels(s.denoising_steps, s.shift, s.num_train_timesteps, s.warp_denoising_steps)
         self.block_shape = (1, s.frames_per_block, self.cfg.codec.latent_channels, *latent_hw(self.cfg.video, self.cfg.codec))
-        self.history_blocks = self.cfg.rollouts.resolved_history_blocks(self.cfg.train, s.context_blocks)
+        # The longest history, keeping what a learner needs to cut it to any length it draws.
+        self.min_blocks, self.history_blocks = self.cfg.rollouts.history_range(self.cfg.train, s.context_blocks)
+        self.rule = ContextRule.from_stream(s)
         self.texts = _texts(self.cfg, index, count)
         # A replacement (generation > 0) draws different noise from the worker it replaces.
         self.noise = torch.Generator(device).manual_seed(self.cfg.train.seed * 1_000_003 + 7919 * index + generation)
@@ -174,9 +177,9 @@ class StudentRolloutWorker:
                 time.sleep(0.05)
                 continue
             history = generate_history(self.model, next(self.texts), self.levels, self.block_shape,
-                                       self.history_blocks, s.sink_blocks, s.context_blocks, self.noise,
+                                       self.history_blocks, self.rule, self.noise,
                                        version=self.version, worker=self.index,
-                                       num_train_timesteps=s.num_train_timesteps)
+                                       num_train_timesteps=s.num_train_timesteps, min_blocks=self.min_blocks)
             if not self._put(history):
                 return self.produced
             self.produced += 1

@@ -41,6 +41,7 @@ class Config(GeneratorConfig):
         self.tracking.validate("tracking")
         self.rollouts.validate("rollouts")
         self.run.validate("run")
+        self.train.rollout_range(self.stream.context_blocks)
 
     @property
     def clip_frames(self) -> int:

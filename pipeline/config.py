@@ -140,7 +140,9 @@ class StreamConfig:
     """Rolling Forcing geometry: blocks, few-step list, window, attention sink and rolling cache.
 
     Context (the teacher's training length) = sink + recent + window, in latent frames:
-    Wan: 21 = 3 sink + 3 recent + 15 window (5 blocks of 3).
+    Wan: 21 = 3 sink + 3 recent + 15 window (5 blocks of 3). Every forward sees the sink plus the
+    most recent clean blocks that fit the context after its own query (`windows.context_for`):
+    a full window 1 recent block, a clean pass 5 (Wan).
     """
 
     frames_per_block: int = 3  # latent frames per block
@@ -151,6 +153,10 @@ class StreamConfig:
     warp_denoising_steps: bool = True  # map the step list through the shifted schedule
     sink_blocks: int = 1
     context_frames: int = 18  # sink + recent + window, latent frames (Wan: 21)
+    # Reproduce TencentARC/RollingForcing exactly, for checkpoints it trained: its clean pass sees the
+    # last context_frames of its cache, which drops the sink from the clean pass once the stream is
+    # longer than the context. Off: every forward keeps the sink (our default).
+    reference_compat: bool = False
 
     @property
     def num_steps(self) -> int:
@@ -162,6 +168,7 @@ class StreamConfig:
 
     @property
     def recent_blocks(self) -> int:
+        """Recent blocks a full window sees (context - sink - window)."""
         return self.context_blocks - self.sink_blocks - self.window_blocks
 
     def validate(self, prefix: str = "stream") -> None:
@@ -184,6 +191,8 @@ class StreamConfig:
         _require(self.recent_blocks >= 0, f"{prefix}.context_frames",
                  f"context of {self.context_blocks} blocks cannot hold sink {self.sink_blocks} + window "
                  f"{self.window_blocks} blocks")
+        _require(not self.reference_compat or self.sink_blocks == 1, f"{prefix}.reference_compat",
+                 f"the reference keeps a 1-block sink; set stream.sink_blocks: 1 (got {self.sink_blocks})")
 
 
 @dataclass

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, GeneratorConfig
-from .kv_cache import RollingKVCache
 from .networks.checkpoints import check_export_model, load_weights
 from .networks.codecs import build_codec
 from .networks.text_encoders import build_text_encoder
@@ -31,7 +30,7 @@ from .samplers import STREAMING_SAMPLERS, bidirectional
 from .schedule import denoising_levels
 from .streaming import CachedBackend
 from .video_io import to_uint8_frames
-from .windows import recent_capacity
+from .windows import ContextRule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -138,12 +137,15 @@ class StreamingGenerator:
 
     # ------------------------------------------------------------------ streams
     def make_backend(self, sampler: str, prompt: str, recompute: bool = False):
+        """The sampler's backend: every sampler uses one cache geometry and one context rule."""
+        if sampler not in STREAMING_SAMPLERS:
+            raise ValueError(f"no cached backend for sampler {sampler!r}; valid: {', '.join(STREAMING_SAMPLERS)}")
         s = self.cfg.stream
-        recent = recent_capacity(sampler, s.context_blocks, s.sink_blocks, s.window_blocks)
+        rule = ContextRule.from_stream(s)
         text = self.text_cond(prompt)
         if recompute:
-            return RecomputeBackend(self.model, text, s.sink_blocks, recent, s.num_train_timesteps)
-        return CachedBackend(self.model, text, RollingKVCache(s.sink_blocks, recent), s.num_train_timesteps)
+            return RecomputeBackend(self.model, text, rule, s.num_train_timesteps)
+        return CachedBackend.build(self.model, text, rule, s.num_train_timesteps)
 
     @torch.no_grad()
     def stream_latents(self, schedule: PromptSchedule, num_blocks: int | None, sampler: str | None = None,

@@ -1,11 +1,12 @@
 """Attention sink + FIFO rolling KV cache with pre-RoPE keys and a fixed size.
 
 Holds, per committed (clean) block, its self-attention keys/values for every layer *before* RoPE
-and its clean latent (for recomputing K/V under a new prompt). Contents are always exactly the
-blocks visible to the next forward (`windows.visible_blocks`): the first `sink_blocks` blocks,
-forever, plus the `recent_blocks` most recent later ones. RoPE is applied at attention time with
-positions [sink | recent | queries] counted from 0, so memory and positions stay bounded however
-long the stream runs.
+and its clean latent (for recomputing K/V under a new prompt): the first `sink_blocks` blocks,
+forever, plus the `recent_blocks` most recent later ones -- the most any forward needs under the
+context rule (`windows.context_for`; `windows.cache_recent_blocks` sizes the FIFO). Each forward
+asks for its own view (`context(blocks)`): a window pass sees fewer recent blocks than a clean
+pass. RoPE is applied at attention time with positions [view | queries] counted from 0, so memory
+and positions stay bounded however long the stream runs.
 
 Entry tensors: k, v [layers, B, T, n, d] (T = tokens per block); latent [B, frames_per_block, C, H, W].
 """
@@ -15,8 +16,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
+
+from .networks.wan_dit import KVContext
 
 
 @dataclass
@@ -38,7 +40,7 @@ class RollingKVCache:
         self.recent_blocks = recent_blocks
         self.sink: list[CacheEntry] = []
         self.recent: deque[CacheEntry] = deque(maxlen=recent_blocks)
-        self._context: tuple[Tensor, Tensor] | None = None
+        self._views: dict[tuple[int, ...], KVContext | None] = {}
 
     # ------------------------------------------------------------------ contents
     @property
@@ -66,24 +68,35 @@ class RollingKVCache:
                 if self.recent and entry.block <= self.recent[-1].block:
                     raise ValueError(f"block {entry.block} committed after block {self.recent[-1].block}")
                 self.recent.append(entry)
-        self._context = None
+        self._views.clear()
 
-    def context(self) -> tuple[Tensor, Tensor] | None:
-        """Concatenated (k, v) [layers, B, T_ctx, n, d] of all entries, assembled once per commit."""
-        if self._context is None:
-            entries = self.entries
-            if not entries:
-                return None
-            self._context = (torch.cat([e.k for e in entries], dim=2), torch.cat([e.v for e in entries], dim=2))
-        return self._context
+    def held(self, blocks: tuple[int, ...]) -> tuple[int, ...]:
+        """The subset of `blocks` this cache holds (in the given order)."""
+        have = set(self.blocks)
+        return tuple(b for b in blocks if b in have)
+
+    def context(self, blocks: tuple[int, ...] | None = None) -> KVContext | None:
+        """The K/V view of `blocks` (all entries when None) in layout order, one chunk per block;
+        None when empty. Asking for a block the cache no longer holds is a bug in the caller's
+        geometry and raises."""
+        key = self.blocks if blocks is None else tuple(blocks)
+        if key not in self._views:
+            by_block = {e.block: e for e in self.entries}
+            missing = [b for b in key if b not in by_block]
+            if missing:
+                raise KeyError(f"blocks {missing} are not in the cache (it holds {self.blocks}): the cache is "
+                               f"smaller than the context rule needs")
+            chosen = [by_block[b] for b in key]
+            self._views[key] = KVContext([e.k for e in chosen], [e.v for e in chosen]) if chosen else None
+        return self._views[key]
 
     def clear(self) -> None:
         self.sink.clear()
         self.recent.clear()
-        self._context = None
+        self._views.clear()
 
     def nbytes(self) -> int:
-        """Bytes held by the entries (the assembled context view adds at most the same again)."""
+        """Bytes held by the entries (views share their tensors; each forward concatenates one layer)."""
         return sum(e.nbytes() for e in self.entries)
 
     def __len__(self) -> int:

@@ -2,16 +2,17 @@
 
 `RecomputeBackend` keeps only clean latents. Each `predict` re-runs the network over the *whole*
 history (every committed block at t = 0) plus the query blocks, with an explicit block-level
-attention mask reproducing what each token saw when the cached sampler computed it:
+attention mask reproducing what each token saw when the cached sampler computed it, by the same
+context rule (`windows.context_for`):
 
-    committed block j attends to  visible_blocks(j) ∪ {j}            (its clean pass)
-    the query blocks attend to     visible_blocks(first query) ∪ queries
+    committed block j attends to  rule.clean(j) ∪ {j}                        (its clean pass)
+    the query blocks attend to     rule.window(first query, #queries) ∪ queries
 
 and RoPE positions laid out per query group exactly as the cached path does
 ([visible context | own tokens], counted from 0). It shares every layer with `WanDiT` except the
 attention call, so agreement with `CachedBackend` checks the cache: pre-RoPE storage, relative
-positions, eviction and reuse. Cost grows with the square of stream length (the `--recompute`
-benchmark baseline).
+positions, eviction, each forward's view and reuse. Cost grows with the square of stream length
+(the `--recompute` benchmark baseline).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from .attention import attention
 from .networks.wan_dit import TextCond, WanDiT
 from .rope import apply_rope
 from .schedule import flow_to_x0
-from .windows import visible_blocks
+from .windows import ContextRule
 
 
-def visibility_mask(num_committed: int, query_blocks: tuple[int, ...], sink_blocks: int,
-                    recent_blocks: int) -> Tensor:
+def visibility_mask(num_committed: int, query_blocks: tuple[int, ...], rule: ContextRule) -> Tensor:
     """bool [G, G] over block groups [0 .. num_committed-1, queries]: row = who the group attends to.
 
     Groups are the committed blocks (one each) and the query blocks (one group, last).
@@ -35,20 +35,18 @@ def visibility_mask(num_committed: int, query_blocks: tuple[int, ...], sink_bloc
     g = num_committed + 1
     mask = torch.zeros(g, g, dtype=torch.bool)
     for j in range(num_committed):
-        mask[j, list(visible_blocks(j, sink_blocks, recent_blocks))] = True
+        mask[j, list(rule.clean(j))] = True
         mask[j, j] = True
-    mask[-1, list(visible_blocks(query_blocks[0], sink_blocks, recent_blocks))] = True
+    mask[-1, list(rule.window(query_blocks[0], len(query_blocks)))] = True
     mask[-1, -1] = True
     return mask
 
 
 class RecomputeBackend:
-    def __init__(self, model: WanDiT, text: TextCond, sink_blocks: int, recent_blocks: int,
-                 num_train_timesteps: int = 1000):
+    def __init__(self, model: WanDiT, text: TextCond, rule: ContextRule, num_train_timesteps: int = 1000):
         self.model = model
         self.text = text
-        self.sink_blocks = sink_blocks
-        self.recent_blocks = recent_blocks
+        self.rule = rule
         self.num_train_timesteps = num_train_timesteps
         self.clean: list[Tensor] = []  # clean latents of blocks 0..n-1, [B, fpb, C, H, W] each
 
@@ -63,7 +61,7 @@ class RecomputeBackend:
         n = len(self.clean)
         xs = torch.cat([*self.clean, x], dim=1)
         ts = torch.cat([torch.zeros(x.shape[0], xs.shape[1] - x.shape[1], device=x.device), t], dim=1)
-        groups = visibility_mask(n, blocks, self.sink_blocks, self.recent_blocks)
+        groups = visibility_mask(n, blocks, self.rule)
         flow = self._forward(xs, ts, groups, block_frames=self.clean[0].shape[1] if n else None)
         flow = flow[:, xs.shape[1] - x.shape[1]:]
         return flow_to_x0(flow, x, t, self.num_train_timesteps)

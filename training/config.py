@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pipeline.config import ConfigError
 
 STAGES = ("teacher", "ode_init", "distill")
+# The reference rolls out 21-27 latent frames over a 21-frame context: up to 2 blocks beyond it.
+EXTRA_ROLLOUT_BLOCKS = 2
 
 
 def _need(cond: bool, key: str, msg: str) -> None:
@@ -55,7 +57,11 @@ class TrainConfig:
     text_dropout: float = 0.0  # teacher: share of captions replaced by sampler.negative_prompt (CFG's uncond)
     dmd_min_t: float = 20.0  # DMD timestep clamp (after the shift)
     dmd_max_t: float = 980.0
-    rollout_blocks: int | None = None  # distill rollout length in blocks; None = 2x the context
+    # Distill rollout length in blocks, drawn uniformly in [min_rollout_blocks, rollout_blocks] each
+    # rollout (broadcast from rank 0) and scored on its last context: None/None = the reference's
+    # {context, context + 1, context + 2} blocks (Wan: 21, 24, 27 latent frames).
+    rollout_blocks: int | None = None  # longest; None = context + 2 blocks
+    min_rollout_blocks: int | None = None  # shortest; None = the context (or rollout_blocks if smaller: an error)
     ode_teacher_steps: int = 40  # Euler steps of teacher trajectories for ode_init
     ode_pairs: int = 64  # trajectories generated for ode_init
     teacher: str | None = None  # frozen teacher weights (export dir / safetensors) for ode_init and distill
@@ -79,8 +85,20 @@ class TrainConfig:
         _need(0 <= self.dmd_min_t < self.dmd_max_t <= 1000, f"{prefix}.dmd_min_t",
               f"need 0 <= dmd_min_t < dmd_max_t <= 1000, got {self.dmd_min_t}, {self.dmd_max_t}")
         _need(self.rollout_blocks is None or self.rollout_blocks > 0, f"{prefix}.rollout_blocks", "must be positive")
+        _need(self.min_rollout_blocks is None or self.min_rollout_blocks > 0, f"{prefix}.min_rollout_blocks",
+              "must be positive")
         self.generator.validate(f"{prefix}.generator")
         self.critic.validate(f"{prefix}.critic")
+
+    def rollout_range(self, context_blocks: int, prefix: str = "train") -> tuple[int, int]:
+        """(shortest, longest) distill rollout in blocks; both hold the scored context."""
+        hi = self.rollout_blocks if self.rollout_blocks is not None else context_blocks + EXTRA_ROLLOUT_BLOCKS
+        lo = self.min_rollout_blocks if self.min_rollout_blocks is not None else context_blocks
+        _need(hi >= context_blocks, f"{prefix}.rollout_blocks",
+              f"{hi} blocks cannot hold the {context_blocks}-block context the DMD loss scores")
+        _need(context_blocks <= lo <= hi, f"{prefix}.min_rollout_blocks",
+              f"need context ({context_blocks}) <= min_rollout_blocks <= rollout_blocks ({hi}), got {lo}")
+        return lo, hi
 
 
 @dataclass
@@ -110,7 +128,9 @@ class RolloutConfig:
     queue_size: int = 2  # bounded history queue: full -> workers block (backpressure); keep <= max_staleness + 1
     publish_every: int = 1  # learner publishes the generator's weights every M optimizer steps
     max_staleness: int = 2  # drop histories older than current version - max_staleness (counted)
-    history_blocks: int | None = None  # None = the in-learner rollout length minus the scored context
+    # Blocks of history before the learner's scored continuation: fixed, or None = drawn each step
+    # like the in-learner rollout length (train.min_rollout_blocks..rollout_blocks minus the context).
+    history_blocks: int | None = None
     max_replacements: int = 10  # the pool gives up after replacing this many dead workers
     get_timeout_s: float = 600.0  # learner waiting this long for a history is an error
 
@@ -123,14 +143,16 @@ class RolloutConfig:
         _need(self.queue_size > 0, f"{prefix}.queue_size", f"must be positive, got {self.queue_size}")
         _need(self.publish_every > 0, f"{prefix}.publish_every", f"must be positive, got {self.publish_every}")
         _need(self.max_staleness >= 0, f"{prefix}.max_staleness", f"must be >= 0, got {self.max_staleness}")
-        _need(self.history_blocks is None or self.history_blocks > 0, f"{prefix}.history_blocks",
-              f"must be positive (or null for the in-learner rollout length), got {self.history_blocks}")
+        _need(self.history_blocks is None or self.history_blocks >= 0, f"{prefix}.history_blocks",
+              f"must be >= 0 (or null: drawn like the in-learner rollout length), got {self.history_blocks}")
         _need(self.max_replacements >= 0, f"{prefix}.max_replacements", f"must be >= 0, got {self.max_replacements}")
         _need(self.get_timeout_s > 0, f"{prefix}.get_timeout_s", f"must be positive, got {self.get_timeout_s}")
 
-    def resolved_history_blocks(self, train: TrainConfig, context_blocks: int) -> int:
-        """Blocks a worker generates: given, or the in-learner rollout minus its scored continuation
-        (rollout_blocks or 2x context, minus context) so learner + worker cover the same length."""
+    def history_range(self, train: TrainConfig, context_blocks: int) -> tuple[int, int]:
+        """(shortest, longest) history in blocks. Workers generate the longest and keep what a
+        learner needs to continue after any length in the range; each step the learner draws one
+        length for all ranks (so every rank runs the same forwards) and cuts its histories to it."""
         if self.history_blocks is not None:
-            return self.history_blocks
-        return max(1, (train.rollout_blocks or 2 * context_blocks) - context_blocks)
+            return self.history_blocks, self.history_blocks
+        lo, hi = train.rollout_range(context_blocks)
+        return lo - context_blocks, hi - context_blocks

@@ -101,13 +101,16 @@ def dmd_scores(teacher: nn.Module, critic: nn.Module, x0_hat: Tensor, text_cond:
     return real, fake
 
 
-def dmd_generator_loss(x0_hat: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """DMD generator loss on a student sample x0_hat [B, ...] (gradient flows into x0_hat only).
+def dmd_generator_loss(x0_hat: Tensor, real_x0: Tensor, fake_x0: Tensor,
+                       frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """DMD generator loss on a student sample x0_hat [B, F, ...] (gradient flows into x0_hat only).
 
-    grad = (fake - real) / mean_{non-batch}|x0_hat - real|   (detached, float64, per sample; a zero
-           normaliser — student equal to the teacher's x0 — gives grad 0 instead of inf/nan)
-    loss = 0.5 * mean((x0_hat - sg(x0_hat - grad))^2)  (float64, returned float32)
-         -> dloss/dx0_hat = grad / x0_hat.numel()
+    grad = (fake - real) / mean_{non-batch}|x0_hat - real|   (detached, float64, per sample, over
+           every frame; a zero normaliser — student equal to the teacher's x0 — gives grad 0)
+    loss = 0.5 * mean_M((x0_hat - sg(x0_hat - grad))^2)  (float64, returned float32), the mean over
+           the frames M where frame_mask [F] is True (all when None: the reference masks the first
+           block of a sample whose first latent was re-encoded, training/first_frame.py)
+         -> dloss/dx0_hat = grad / |M| on M, 0 elsewhere
     logs: dmd_gradient_norm = mean|grad| (as the reference logs it).
     """
     with torch.no_grad():
@@ -117,17 +120,22 @@ def dmd_generator_loss(x0_hat: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tupl
         grad = torch.where(norm > 0, (fake - real) / norm.clamp_min(torch.finfo(torch.float64).tiny),
                            torch.zeros_like(fake))
     xd = x0_hat.double()
-    loss = 0.5 * F.mse_loss(xd, (xd - grad).detach(), reduction="mean")
+    target = (xd - grad).detach()
+    if frame_mask is not None:
+        if frame_mask.shape != (x0_hat.shape[1],) or not frame_mask.any():
+            raise ValueError(f"frame_mask must be a non-empty bool [{x0_hat.shape[1]}], got {tuple(frame_mask.shape)}")
+        xd, target = xd[:, frame_mask.to(xd.device)], target[:, frame_mask.to(xd.device)]
+    loss = 0.5 * F.mse_loss(xd, target, reduction="mean")
     return loss.float(), {"dmd_gradient_norm": grad.abs().mean().float()}
 
 
 def dmd_loss(teacher: nn.Module, critic: nn.Module, x0_hat: Tensor, text_cond: TextCond,
              text_uncond: TextCond | None, t: Tensor, eps: Tensor, guidance_scale: float,
-             num_train_timesteps: int = 1000) -> tuple[Tensor, dict[str, Tensor]]:
+             num_train_timesteps: int = 1000, frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """dmd_scores + dmd_generator_loss in one call: (loss float32 scalar, logs)."""
     real, fake = dmd_scores(teacher, critic, x0_hat, text_cond, text_uncond, t, eps, guidance_scale,
                             num_train_timesteps)
-    return dmd_generator_loss(x0_hat, real, fake)
+    return dmd_generator_loss(x0_hat, real, fake, frame_mask)
 
 
 # ----------------------------------------------------------------------------------------- ODE regression

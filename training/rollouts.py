@@ -1,17 +1,21 @@
 """Self-generated training rollouts that reuse the inference samplers' exact loop.
 
 `GradWindowBackend` wraps the KV-cached backend: the sampler (pipeline.samplers.rolling or
-block_ar) calls `predict` once per forward, in order; forwards whose index is in `grad_calls` run
-with autograd and their x0 prediction is recorded per block, every other forward runs under
-no_grad. The sampler always receives detached x0, so history, re-noising and the clean cache pass
-stay gradient-free (exposure-bias fix: the student is conditioned on its own detached outputs).
+block_ar) calls `predict` once per forward, in order; forwards whose index is in `record_calls`
+have their x0 prediction recorded per block (with autograd when `with_grad`), every other forward
+runs under no_grad. The sampler always receives detached x0, so history, re-noising and the clean
+cache pass stay gradient-free (exposure-bias fix: the student is conditioned on its own detached
+outputs). Every forward follows the stream's context rule (`ContextRule`), as inference does.
 
-Rolling Forcing (non-overlapping windows): pass w runs with gradient iff w ≡ e (mod K) and the
-window reaches the scored region (the last `score_blocks` blocks); each scored block then carries
-its x0 from exactly one gradient window, at the level it had in that window.
+The recorded blocks are the DMD sample: the generator scores it with gradient, and the critic is
+trained on the same construction from a fresh rollout without gradient (`with_grad=False`), so the
+fake score models exactly the distribution the generator loss scores.
+
+Rolling Forcing (non-overlapping windows): pass w is recorded iff w ≡ e (mod K) and the window
+reaches the scored region (the last `score_blocks` blocks); each scored block then carries its x0
+from exactly one such window, at the level it had there (a mixture of levels, not the final stream).
 Self-Forcing: block-AR with a random exit step s (same on all ranks): each block is denoised
-through steps 0..s and its step-s x0 is its output; the scored blocks' step-s forwards run with
-gradient.
+through steps 0..s and its step-s x0 is its output; the scored blocks' step-s forwards are recorded.
 
 With a `History` (made by a rollout worker, training/history.py) the cache is first primed from the
 history's kept blocks with the current weights (no grad), and the rollout generates blocks
@@ -28,34 +32,33 @@ from pipeline.kv_cache import RollingKVCache
 from pipeline.networks.wan_dit import TextCond, WanDiT
 from pipeline.samplers import block_ar, rolling
 from pipeline.streaming import CachedBackend
-from pipeline.windows import gradient_passes, recent_capacity, rolling_pass
+from pipeline.windows import ContextRule, gradient_passes, rolling_pass
 
 from .history import History, prime_cache
 
 
 class GradWindowBackend(CachedBackend):
-    def __init__(self, model: WanDiT, text: TextCond, cache: RollingKVCache, grad_calls: set[int],
-                 num_train_timesteps: int = 1000):
-        super().__init__(model, text, cache, num_train_timesteps)
-        self.grad_calls = grad_calls
+    def __init__(self, model: WanDiT, text: TextCond, rule: ContextRule, record_calls: set[int],
+                 with_grad: bool = True, num_train_timesteps: int = 1000):
+        super().__init__(model, text, RollingKVCache(rule.sink_blocks, rule.cache_recent), rule, num_train_timesteps)
+        self.record_calls = record_calls
+        self.with_grad = with_grad
         self.calls = 0
-        self.recorded: dict[int, Tensor] = {}  # block -> x0 [B, fpb, C, H, W] carrying gradient
+        self.recorded: dict[int, Tensor] = {}  # block -> x0 [B, fpb, C, H, W] (with gradient when with_grad)
 
     def predict(self, blocks: tuple[int, ...], x: Tensor, t: Tensor) -> Tensor:
         call, self.calls = self.calls, self.calls + 1
-        if call not in self.grad_calls:
-            with torch.no_grad():
-                return super().predict(blocks, x, t)
-        with torch.enable_grad():
+        with torch.set_grad_enabled(self.with_grad and call in self.record_calls):
             x0 = super().predict(blocks, x, t)
-        fpb = x.shape[1] // len(blocks)
-        for i, b in enumerate(blocks):
-            self.recorded[b] = x0[:, i * fpb:(i + 1) * fpb]
+        if call in self.record_calls:
+            fpb = x.shape[1] // len(blocks)
+            for i, b in enumerate(blocks):
+                self.recorded[b] = x0[:, i * fpb:(i + 1) * fpb]
         return x0.detach()
 
-    def commit(self, block: int, x0: Tensor) -> None:
+    def commit(self, block: int, x0: Tensor, partial: bool = False) -> None:
         with torch.no_grad():
-            super().commit(block, x0.detach())
+            super().commit(block, x0.detach(), partial)
 
 
 def rolling_grad_passes(num_blocks: int, num_steps: int, offset: int, score_blocks: int) -> set[int]:
@@ -66,12 +69,12 @@ def rolling_grad_passes(num_blocks: int, num_steps: int, offset: int, score_bloc
 
 
 def _assemble(backend: GradWindowBackend, scored: range) -> Tensor | None:
-    """[B, score_blocks*fpb, C, H, W]: recorded (grad) x0 of each scored block (None if none scored)."""
+    """[B, score_blocks*fpb, C, H, W]: recorded x0 of each scored block (None if none scored)."""
     if not scored:
         return None
     missing = [b for b in scored if b not in backend.recorded]
     if missing:
-        raise RuntimeError(f"scored blocks {missing} got no gradient window")
+        raise RuntimeError(f"scored blocks {missing} got no recorded window")
     return torch.cat([backend.recorded[b] for b in scored], dim=1)
 
 
@@ -84,15 +87,15 @@ def _start(backend: GradWindowBackend, history: History | None) -> int:
 
 
 def rolling_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: tuple[int, ...], num_blocks: int,
-                    score_blocks: int, offset: int, sink_blocks: int, context_blocks: int,
-                    generator: torch.Generator, num_train_timesteps: int = 1000,
-                    history: History | None = None) -> tuple[Tensor | None, Tensor]:
-    """Rolling Forcing rollout: (scored sample with grad or None when score_blocks=0, the generated
-    blocks' finals detached [B, num_blocks*fpb, ...]); after `history` when given."""
+                    score_blocks: int, offset: int, rule: ContextRule, generator: torch.Generator,
+                    num_train_timesteps: int = 1000, history: History | None = None,
+                    with_grad: bool = True) -> tuple[Tensor | None, Tensor]:
+    """Rolling Forcing rollout: (the scored sample -- the recorded windows' x0, with gradient when
+    `with_grad` -- or None when score_blocks=0, the generated blocks' finals detached
+    [B, num_blocks*fpb, ...]); after `history` when given."""
     k = len(levels)
-    cache = RollingKVCache(sink_blocks, recent_capacity("rolling", context_blocks, sink_blocks, k))
-    grad_calls = rolling_grad_passes(num_blocks, k, offset, score_blocks)  # one predict per pass
-    backend = GradWindowBackend(model, text, cache, grad_calls, num_train_timesteps)
+    record = rolling_grad_passes(num_blocks, k, offset, score_blocks)  # one predict per pass
+    backend = GradWindowBackend(model, text, rule, record, with_grad, num_train_timesteps)
     first = _start(backend, history)
     device = next(model.parameters()).device
     finals = [x0 for _, x0 in rolling(backend, levels, block_shape, num_blocks, generator, device,
@@ -102,15 +105,14 @@ def rolling_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: 
 
 
 def self_forcing_rollout(model: WanDiT, text: TextCond, levels: Tensor, block_shape: tuple[int, ...],
-                         num_blocks: int, score_blocks: int, exit_step: int, sink_blocks: int, context_blocks: int,
+                         num_blocks: int, score_blocks: int, exit_step: int, rule: ContextRule,
                          generator: torch.Generator, num_train_timesteps: int = 1000,
-                         history: History | None = None) -> tuple[Tensor | None, Tensor]:
+                         history: History | None = None, with_grad: bool = True) -> tuple[Tensor | None, Tensor]:
     """Self-Forcing rollout with exit step `exit_step` (0-based) for every block; after `history` when given."""
     steps = exit_step + 1
-    cache = RollingKVCache(sink_blocks, recent_capacity("block_ar", context_blocks, sink_blocks, len(levels)))
     first_scored = num_blocks - score_blocks
-    grad_calls = {b * steps + exit_step for b in range(first_scored, num_blocks)}  # steps forwards per block
-    backend = GradWindowBackend(model, text, cache, grad_calls, num_train_timesteps)
+    record = {b * steps + exit_step for b in range(first_scored, num_blocks)}  # steps forwards per block
+    backend = GradWindowBackend(model, text, rule, record, with_grad, num_train_timesteps)
     first = _start(backend, history)
     device = next(model.parameters()).device
     finals = [x0 for _, x0 in block_ar(backend, levels[:steps], block_shape, num_blocks, generator, device,

@@ -75,10 +75,10 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
         for step in range(start + 1, tr.max_steps + 1):
             logs = objective.train_step(step)
             _maybe_die(run_dir, step, rank, world)
+            if ema is not None and objective.ema_due(logs):
+                ema.update(step)
             if logs.get("stepped", True):
                 consecutive = 0
-                if ema is not None:
-                    ema.update(step)
             else:
                 consecutive += 1
                 total_nonfinite += 1

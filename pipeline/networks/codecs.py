@@ -45,6 +45,9 @@ class LatentCodec(nn.Module, abc.ABC):
     latent_channels: int
     spatial_factor: int
     temporal_factor: int
+    # True when a clip's first latent encodes its first frame alone (causal time compression, the
+    # Wan VAE): a teacher trained on such clips has never seen a clip open on a mid-video latent.
+    first_latent_is_image: bool = False
 
     @abc.abstractmethod
     def latent_frames(self, video_frames: int) -> int:
@@ -137,6 +140,8 @@ class WanVAECodec(LatentCodec):
     Latents are Wan's normalised posterior means ((mu - mean) / std), as the Wan DiT expects.
     Random init when `vae_path` is None (tests, shape plumbing), else strict loading.
     """
+
+    first_latent_is_image = True
 
     def __init__(self, dim: int = 96, z_dim: int = 16, vae_path: str | None = None,
                  frames_per_call: int = 1):

@@ -120,14 +120,15 @@ class DiTBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: Tensor, e0: Tensor, frames: int, ctx: tuple[Tensor, Tensor] | None,
+    def forward(self, x: Tensor, e0: Tensor, frames: int, ctx: tuple[list[Tensor], list[Tensor]] | None,
                 text_kv: tuple[Tensor, Tensor], mask: Tensor | None, cos: Tensor, sin: Tensor,
                 q_cos: Tensor, q_sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One block over query tokens x [B, L, dim] attending to [ctx | x]; returns (x, k, v) with
-        x's pre-RoPE k, v [B, L, n, d]. (Going through forward lets ZeRO-3 gather `modulation`.)"""
+        """One block over query tokens x [B, L, dim] attending to [ctx chunks | x]; returns (x, k, v)
+        with x's pre-RoPE k, v [B, L, n, d]. ctx: this layer's context K and V chunks [B, T_j, n, d],
+        concatenated here once with x's own. (Going through forward lets ZeRO-3 gather `modulation`.)"""
         mods = self.mods(e0)
         q, k, v = self.attn_inputs(x, mods, frames)
-        keys, values = (k, v) if ctx is None else (torch.cat([ctx[0], k], 1), torch.cat([ctx[1], v], 1))
+        keys, values = (k, v) if ctx is None else (torch.cat([*ctx[0], k], 1), torch.cat([*ctx[1], v], 1))
         out = attention(apply_rope(q, q_cos, q_sin), apply_rope(keys, cos, sin), values, mask)
         return self.finish(x, out, mods, text_kv, frames), k, v
 
@@ -174,6 +175,34 @@ class TextCond:
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
         return self.k[i], self.v[i]
+
+
+class KVContext:
+    """Pre-RoPE keys/values of the context blocks a forward attends to, one chunk per block.
+
+    ks[j], vs[j]: [layers, B, T_j, n, d] (T_j a multiple of tokens per latent frame), in RoPE layout
+    order (sink first, then recent blocks oldest first). Chunks are concatenated per layer inside
+    the block, together with the query's own K/V, so no model-wide copy of the context is made.
+    """
+
+    def __init__(self, ks: list[Tensor], vs: list[Tensor]):
+        if len(ks) != len(vs) or not ks:
+            raise ValueError(f"KVContext needs as many K as V chunks, at least one (got {len(ks)}, {len(vs)})")
+        self.ks, self.vs = ks, vs
+
+    @staticmethod
+    def of(kv) -> KVContext | None:
+        """A KVContext, a (k, v) pair of [layers, B, T, n, d] tensors, or None."""
+        if kv is None or isinstance(kv, KVContext):
+            return kv
+        return KVContext([kv[0]], [kv[1]])
+
+    @property
+    def tokens(self) -> int:
+        return sum(k.shape[2] for k in self.ks)
+
+    def layer(self, i: int) -> tuple[list[Tensor], list[Tensor]]:
+        return [k[i] for k in self.ks], [v[i] for v in self.vs]
 
 
 @dataclass
@@ -282,26 +311,28 @@ class WanDiT(nn.Module):
         x: Tensor,
         t: Tensor,
         text: TextCond,
-        kv_context: tuple[Tensor, Tensor] | None = None,
+        kv_context: KVContext | tuple[Tensor, Tensor] | None = None,
         attn_mask: Tensor | None = None,
         return_kv: bool = False,
     ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Predict the flow v for x [B, F, C, H, W] at per-frame (or per-sample) timesteps t.
 
-        kv_context: pre-RoPE (k, v), each [layers, B, T_ctx, n, d], T_ctx a multiple of h*w; these
-                    frames take RoPE positions 0..T_ctx/(h*w)-1 and x's frames follow them.
+        kv_context: a KVContext (pre-RoPE chunks, one per context block) or one pre-RoPE (k, v) pair,
+                    each [layers, B, T_ctx, n, d], T_ctx a multiple of h*w; the context frames take
+                    RoPE positions 0..T_ctx/(h*w)-1 and x's frames follow them.
         attn_mask:  bool [L, T_ctx + L] (True = attend); None = full attention.
         return_kv:  also return x's own pre-RoPE (k, v) stacked [layers, B, L, n, d] for the cache.
         """
         tok = self.embed(x, t)
         f, h, w = tok.grid
-        ctx_frames = 0 if kv_context is None else kv_context[0].shape[2] // (h * w)
+        kv_context = KVContext.of(kv_context)
+        ctx_frames = 0 if kv_context is None else kv_context.tokens // (h * w)
         cos, sin = self.rope(ctx_frames + f, h, w, x.device)
         q_cos, q_sin = cos[ctx_frames * h * w:], sin[ctx_frames * h * w:]
         ks, vs = [], []
         hidden = tok.x
         for i, blk in enumerate(self.blocks):
-            ctx_i = None if kv_context is None else (kv_context[0][i], kv_context[1][i])
+            ctx_i = None if kv_context is None else kv_context.layer(i)
             args = (hidden, tok.e0, f, ctx_i, text.layer(i), attn_mask, cos, sin, q_cos, q_sin)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 hidden, k, v = checkpoint(blk, *args, use_reentrant=False)

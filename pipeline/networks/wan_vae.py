@@ -305,7 +305,8 @@ class WanVAE(nn.Module):
         # The first frame alone, then chunks of `temporal_factor` frames, as Wan does: chunk
         # boundaries must line up with the temporal downsamplers' stride-2 windows.
         t = self.temporal_factor
-        chunks = [video[:, :, :1]] + list(video[:, :, 1:].split(t, dim=2))
+        # (split of an empty tail still yields one empty chunk: an image is the first frame alone)
+        chunks = [video[:, :, :1]] + [c for c in video[:, :, 1:].split(t, dim=2) if c.shape[2]]
         out = torch.cat([self.encoder(c, cache) for c in chunks], dim=2)
         mu, log_var = self.conv1(out).chunk(2, dim=1)
         return mu, log_var

@@ -60,9 +60,12 @@ def metric(run_dir, key):
 def test_distill_with_student_rollout_workers_survives_a_dead_worker(latents, teacher, tmp_path):
     run = tmp_path / "dmd"
     # ZeRO-3: each publish gathers the partitioned generator (deepspeed.zero.GatheredParameters)
+    # Histories drawn like the reference's rollouts: workers make 2 blocks, the learner cuts them to
+    # 0-2 (one length for all ranks) and continues with the 6 scored blocks: 6-8 blocks in all.
     train(run, "distill", latents, teacher, "train.zero_stage=3", "rollouts.max_staleness=0", "rollouts.queue_size=4",
-          "rollouts.history_blocks=4", "train.critic_updates_per_generator=2", "train.checkpoint_every=4",
+          "train.critic_updates_per_generator=2", "train.checkpoint_every=4",
           steps=4, env={"ROLLFORGE_KILL_ROLLOUT_AFTER": "2"})
+    assert set(metric(run, "rollout/blocks")) <= {6.0, 7.0, 8.0}
     assert (run / ".rollout_killed_after_2").exists()  # the hook really killed a worker
     assert max(metric(run, "rollout/replaced")) >= 1  # ... and the pool replaced it
     assert metric(run, "rollout/dropped_stale")[-1] >= 1  # queued v0 histories went stale at version 1

@@ -108,14 +108,22 @@ def test_ode_init_and_distill_stages(teacher, latents, tmp_path, zero):
           "train.ode_pairs=2", "train.ode_teacher_steps=6", "train.guidance_scale=1.0", steps=3)
     assert all(v == v for v in losses(tmp_path / "ode")[0])
     init = tmp_path / "ode/checkpoints/step_000003/ema.safetensors"
+    # two prompts per rank; a checkpoint every step to watch the EMA (from step 0, decay 0.5)
     train(tmp_path / "dmd", "distill", latents, f"train.zero_stage={zero}", f"train.teacher={t}",
           f"train.init_from={init}", "train.rollout_blocks=7", "train.critic_updates_per_generator=2",
-          "train.guidance_scale=2.0", steps=3)
+          "train.guidance_scale=2.0", "train.batch_size=2", "train.checkpoint_every=1", "train.keep_last=3",
+          "train.ema_start=0", "train.ema_decay=0.5", steps=3)
     gen_losses = losses(tmp_path / "dmd", "loss/generator")[0]
     critic_losses = losses(tmp_path / "dmd", "loss/critic")[0]
     assert len(critic_losses) == 3 and len(gen_losses) == 1  # generator every 2nd step
     assert all(v == v for v in gen_losses + critic_losses)
+    blocks = losses(tmp_path / "dmd", "rollout/blocks")[0]
+    assert set(blocks) <= {6, 7}  # drawn from [context, rollout_blocks]
     assert {p.name for p in (tmp_path / "dmd/checkpoints/step_000003").iterdir()} >= {"generator", "critic"}
+    ema = [load_file(str(tmp_path / f"dmd/checkpoints/step_00000{i}/ema.safetensors")) for i in (1, 2, 3)]
+    start = load_file(str(init))
+    same = [all(torch.equal(a[k], b[k]) for k in a) for a, b in ((start, ema[0]), (ema[0], ema[1]), (ema[1], ema[2]))]
+    assert same == [True, False, True]  # the EMA moves on the generator step (2) only
 
 
 def test_overfitting_a_fixed_batch_drives_the_loss_down(latents, tmp_path):

@@ -75,6 +75,24 @@ def test_dmd_gradient_equals_hand_computation():
     assert logs["dmd_gradient_norm"].item() == pytest.approx(float(grad.abs().mean()), rel=1e-6)
 
 
+def test_dmd_frame_mask_averages_over_the_kept_frames_and_normalises_over_all():
+    """The reference's gradient mask (first block of a re-encoded sample): the loss is the mean over
+    the kept frames, the per-sample normaliser still spans every frame."""
+    x = torch.linspace(-1.0, 1.3, 24, dtype=torch.float64).reshape(2, 3, 1, 2, 2).requires_grad_(True)
+    real = (torch.arange(24, dtype=torch.float64).reshape(2, 3, 1, 2, 2) % 5) * 0.1 - 0.2
+    fake = torch.cos(torch.arange(24, dtype=torch.float64)).reshape(2, 3, 1, 2, 2)
+    mask = torch.tensor([False, True, True])
+    loss, _ = dmd_generator_loss(x, real, fake, frame_mask=mask)
+    loss.backward()
+    norm = (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    grad = (fake - real) / norm
+    assert torch.equal(x.grad[:, 0], torch.zeros_like(x.grad[:, 0]))
+    assert torch.allclose(x.grad[:, 1:], grad[:, 1:] / 16, rtol=0, atol=1e-12)  # 2 samples x 2 frames x 4
+    assert loss.item() == pytest.approx(0.5 * float((grad[:, 1:] ** 2).mean()), rel=1e-6)
+    with pytest.raises(ValueError, match="frame_mask"):
+        dmd_generator_loss(x, real, fake, frame_mask=torch.zeros(3, dtype=torch.bool))
+
+
 def test_dmd_gradient_is_per_sample_and_zero_normaliser_is_safe():
     x = torch.zeros(2, 3, 1, 2, 2, dtype=torch.float64, requires_grad=True)
     real = torch.cat([torch.full((1, 3, 1, 2, 2), 2.0), torch.zeros(1, 3, 1, 2, 2)]).double()

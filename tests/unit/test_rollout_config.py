@@ -21,11 +21,25 @@ def test_defaults_and_overrides():
     assert cfg.rollouts.get_timeout_s == 30.0
 
 
-def test_history_length_defaults_to_the_in_learner_rollout_minus_the_context():
+def test_history_length_is_drawn_like_the_in_learner_rollout_minus_the_context():
     ro = RolloutConfig()
-    assert ro.resolved_history_blocks(TrainConfig(), context_blocks=6) == 6  # 2x6 - 6
-    assert ro.resolved_history_blocks(TrainConfig(rollout_blocks=10), context_blocks=6) == 4
-    assert RolloutConfig(history_blocks=3).resolved_history_blocks(TrainConfig(), context_blocks=6) == 3
+    assert TrainConfig().rollout_range(6) == (6, 8)  # the reference: context, +1, +2 blocks
+    assert ro.history_range(TrainConfig(), context_blocks=6) == (0, 2)
+    assert ro.history_range(TrainConfig(rollout_blocks=10), context_blocks=6) == (0, 4)
+    assert ro.history_range(TrainConfig(rollout_blocks=10, min_rollout_blocks=9), context_blocks=6) == (3, 4)
+    assert RolloutConfig(history_blocks=3).history_range(TrainConfig(), context_blocks=6) == (3, 3)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.rollout_blocks=5"], "train.rollout_blocks"),  # tiny context: 6 blocks
+    (["train.min_rollout_blocks=5"], "train.min_rollout_blocks"),
+    (["train.rollout_blocks=7", "train.min_rollout_blocks=8"], "train.min_rollout_blocks"),
+    (["train.min_rollout_blocks=0"], "train.min_rollout_blocks"),
+])
+def test_bad_rollout_lengths_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(Config, TINY, overrides)
+    assert str(e.value).startswith(key), str(e.value)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -36,7 +50,7 @@ def test_history_length_defaults_to_the_in_learner_rollout_minus_the_context():
     ("rollouts.queue_size=0", "rollouts.queue_size"),
     ("rollouts.publish_every=0", "rollouts.publish_every"),
     ("rollouts.max_staleness=-1", "rollouts.max_staleness"),
-    ("rollouts.history_blocks=0", "rollouts.history_blocks"),
+    ("rollouts.history_blocks=-1", "rollouts.history_blocks"),
     ("rollouts.max_replacements=-2", "rollouts.max_replacements"),
     ("rollouts.get_timeout_s=0", "rollouts.get_timeout_s"),
     ("rollouts.qeue_size=3", "rollouts.qeue_size"),

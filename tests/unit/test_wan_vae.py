@@ -224,3 +224,14 @@ def test_checkpoint_shape_mismatch_names_key(vae, tmp_path):
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_wan_vae(tmp_path / "nope.safetensors")
+
+
+def test_an_image_encodes_alone_to_the_first_latent_of_any_clip(vae):
+    """One frame -> one latent (the first-frame handling of DMD samples encodes a single frame);
+    causal in time, it equals the first latent of a clip opening on that frame."""
+    clip = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.no_grad():
+        image = vae.encode(clip[:, :, :1])
+        whole = vae.encode(clip)
+    assert image.shape == (1, 4, 1, 2, 2) and whole.shape[2] == 3
+    _close(image[:, :, 0], whole[:, :, 0])
