@@ -60,6 +60,7 @@ BAD = [
     (["text.kind=umt5"], "text.path"),
     (["train.text_dropout=1.0"], "train.text_dropout"),
     (["model.prediction=eps"], "model.prediction"),  # no caption would ever be seen
+    (["stream.reference_compat=true", "stream.sink_blocks=2"], "stream.reference_compat"),  # its sink is 1 block
 ]
 
 
