@@ -42,6 +42,11 @@ class RollingKVCache:
         self.recent: deque[CacheEntry] = deque(maxlen=recent_blocks)
         self._views: dict[tuple[int, ...], KVContext | None] = {}
 
+    @staticmethod
+    def for_rule(rule) -> RollingKVCache:
+        """An empty cache sized for a `windows.ContextRule`: its sink + `rule.cache_recent` blocks."""
+        return RollingKVCache(rule.sink_blocks, rule.cache_recent)
+
     # ------------------------------------------------------------------ contents
     @property
     def entries(self) -> list[CacheEntry]:

@@ -34,8 +34,7 @@ class CachedBackend:
     @staticmethod
     def build(model: WanDiT, text: TextCond, rule: ContextRule, num_train_timesteps: int = 1000) -> CachedBackend:
         """A backend over a fresh cache sized for `rule`."""
-        return CachedBackend(model, text, RollingKVCache(rule.sink_blocks, rule.cache_recent), rule,
-                             num_train_timesteps)
+        return CachedBackend(model, text, RollingKVCache.for_rule(rule), rule, num_train_timesteps)
 
     def predict(self, blocks: tuple[int, ...], x: Tensor, t: Tensor) -> Tensor:
         """Joint forward of the query blocks (bidirectional among them) over their context."""

@@ -1,8 +1,9 @@
 """Rolling-window bookkeeping: which blocks each pass holds, at which noise level, what they see.
 
 All pure functions over block indices. Notation (ARCHITECTURE.md §2): N blocks, K denoising steps
-(= window blocks), S sink blocks, C context blocks (the teacher's training length in blocks). Step index k = 0 is the noisiest level tau[0]
-(pure noise), k = K-1 the least noisy; a block whose prediction at k = K-1 is made is final.
+(= window blocks), S sink blocks, C context blocks (the teacher's training length in blocks).
+Step index k = 0 is the noisiest level tau[0] (pure noise), k = K-1 the least noisy; a block whose
+prediction at k = K-1 is made is final.
 """
 
 from __future__ import annotations

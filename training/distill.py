@@ -170,8 +170,9 @@ class DistillObjective(Objective):
                                          offset, **common)
         mask = None
         if start + num_blocks > self.score_blocks and self.codec.first_latent_is_image:
-            before = finals[:, :(num_blocks - self.score_blocks) * s.frames_per_block]
-            if history is not None:
+            if history is None:  # the generated blocks before the scored window
+                before = finals[:, :(num_blocks - self.score_blocks) * s.frames_per_block]
+            else:  # the learner generated only the window: the history's last kept blocks precede it
                 before = history.tail().to(self.device, x0.dtype)
             x0 = replace_first_latent(self.codec, before, x0)
             mask = first_block_mask(x0.shape[1], s.frames_per_block, self.device)

@@ -40,7 +40,7 @@ from .history import History, prime_cache
 class GradWindowBackend(CachedBackend):
     def __init__(self, model: WanDiT, text: TextCond, rule: ContextRule, record_calls: set[int],
                  with_grad: bool = True, num_train_timesteps: int = 1000):
-        super().__init__(model, text, RollingKVCache(rule.sink_blocks, rule.cache_recent), rule, num_train_timesteps)
+        super().__init__(model, text, RollingKVCache.for_rule(rule), rule, num_train_timesteps)
         self.record_calls = record_calls
         self.with_grad = with_grad
         self.calls = 0
