@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -42,9 +40,11 @@ from pathlib import Path
 # Heavy imports (torch, the models, the metrics) happen inside the functions that need them, so
 # --help and the pure helpers below stay instant.
 
+from evaluation.ablation import MIN_SECONDS, RF_P_SELF_FORCING, stream_seconds, training_seconds  # noqa: F401
+from evaluation.throughput import warm_up
+from infra.bench_runs import distill_student, shared_start
+
 GOAL_RATIO = 0.5  # RF ΔDrift must be at most this share of the block-AR student's
-MIN_SECONDS = 10.0  # two non-overlapping 5 s windows
-RF_P_SELF_FORCING = 0.5  # the reference's Rolling Forcing training mix (ARCHITECTURE.md §2)
 MODELS = {  # name -> (sampler, p_self_forcing of its distill run; None = not distilled)
     "rf_student": ("rolling", RF_P_SELF_FORCING),
     "block_ar_student": ("block_ar", 1.0),
@@ -57,19 +57,6 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def training_seconds(rollout_blocks: int, frames_per_block: int, video_frames, fps: float) -> float:
-    """Seconds of video in one training rollout: rollout_blocks x frames_per_block latent frames,
-    decoded (`video_frames`: the codec's latent -> video frame count), at `fps`."""
-    return video_frames(rollout_blocks * frames_per_block) / fps
-
-
-def stream_seconds(train_seconds: float, length_factor: float, minimum: float = MIN_SECONDS) -> float:
-    """length_factor x the training length, but at least `minimum` (ΔDrift's windows must not overlap)."""
-    if train_seconds <= 0 or length_factor <= 0:
-        raise ValueError(f"need positive training length and factor, got {train_seconds}, {length_factor}")
-    return max(minimum, length_factor * train_seconds)
-
-
 def teacher_chunk_plan(num_blocks: int, clip_blocks: int, prefix_blocks: int) -> list[tuple[int, int]]:
     """[(first new block of the stream, new blocks emitted)] per teacher clip.
 
@@ -227,69 +214,6 @@ def evaluate_teacher_extended(cfg, teacher: Path, out: Path, seconds: float, pro
     return summary, num_blocks
 
 
-def warm_up(cfg, checkpoint: str | Path, samplers: list[str]) -> float:
-    """Stream a few blocks with each sampler, untimed, so that the first timed stream of the bench
-    does not carry the process's one-time costs (thread pools, first kernels): without it the first
-    prompt of the first model measured ~5x slower than the others. Returns the seconds spent."""
-    from pipeline.generator import PromptSchedule, StreamingGenerator
-
-    start = time.perf_counter()
-    gen = StreamingGenerator(cfg, checkpoint=checkpoint)
-    for sampler in samplers:
-        for _ in gen.stream_video(PromptSchedule.single("warm-up"), cfg.stream.window_blocks + 2, sampler):
-            pass
-    return time.perf_counter() - start
-
-
-# ----------------------------------------------------------------------------- training
-def rollforge_run(config: str, run_dir: Path, stages: str, overrides: list[str], log_path: Path) -> float:
-    """`rollforge run` as a subprocess (its live view goes to `log_path`); returns the wall seconds."""
-    exe = shutil.which("rollforge") or str(Path(sys.executable).parent / "rollforge")
-    cmd = [exe, "run", "--config", config, "--run-dir", str(run_dir), "--stages", stages, *overrides]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log(f"rollforge run --stages {stages} --run-dir {run_dir} (log: {log_path})")
-    start = time.perf_counter()
-    with log_path.open("w") as fh:
-        fh.write(" ".join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-30:]
-        raise RuntimeError(f"rollforge run failed (exit {proc.returncode}) in {run_dir}:\n" + "\n".join(tail))
-    return wall
-
-
-def shared_start(args, out: Path) -> tuple[dict, float]:
-    """{teacher, init_from, latents} exports shared by both students, and the seconds spent making them."""
-    if args.from_run:
-        src = Path(args.from_run).resolve()
-        paths = {"teacher": src / "teacher" / "export", "init_from": src / "ode_init" / "export",
-                 "latents": src / "data" / "latents"}
-        missing = [str(p) for p in paths.values() if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"--from-run {src}: missing {', '.join(missing)} (run `make demo`, or leave "
-                                    f"--from-run out to build the teacher and ODE init here)")
-        return {k: str(v) for k, v in paths.items()}, 0.0
-    base = out / "runs" / "base"
-    wall = rollforge_run(args.config, base, "shard,precompute,teacher,ode_init", [], out / "logs" / "base.log")
-    return {"teacher": str(base / "teacher" / "export"), "init_from": str(base / "ode_init" / "export"),
-            "latents": str(base / "data" / "latents")}, wall
-
-
-def distill_student(args, out: Path, name: str, p_self_forcing: float, shared: dict, steps: int) -> dict:
-    run_dir = out / "runs" / name
-    overrides = [f"train.teacher={shared['teacher']}", f"train.init_from={shared['init_from']}",
-                 f"data.latents={shared['latents']}", f"run.distill.max_steps={steps}",
-                 f"run.distill.p_self_forcing={p_self_forcing}"]
-    wall = rollforge_run(args.config, run_dir, "distill,export", overrides, out / "logs" / f"{name}.log")
-    done = json.loads((run_dir / "stages" / "distill" / "done.json").read_text())
-    return {"p_self_forcing": p_self_forcing, "distill_steps": steps, "run_dir": str(run_dir),
-            "export": str(run_dir / "export"), "wall_s": wall, "train_s": done.get("seconds"),
-            "final_step_metrics": {k: done.get("metrics", {}).get(k) for k in
-                                   ("loss/generator", "loss/critic", "dmd/dmd_gradient_norm")}}
-
-
 # ----------------------------------------------------------------------------- main
 def _rebase_videos(summary: dict, prefix: str) -> dict:
     """Video paths of an evaluate() summary made relative to the bench's OUT (for the merged report)."""
@@ -384,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, float] = {}
 
     # 1. the shared teacher + ODE init
-    shared, walls["shared_teacher_ode_init"] = shared_start(args, out)
+    shared, walls["shared_teacher_ode_init"] = shared_start(args.config, args.from_run, out, log)
     log(f"shared teacher {shared['teacher']}, init {shared['init_from']}")
 
     # 2. the two students, one after the other (2 cores)
@@ -392,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, p_sf) in MODELS.items():
         if p_sf is not None:
             p_sf = args.rf_p_self_forcing if name == "rf_student" else p_sf
-            students[name] = distill_student(args, out, name, p_sf, shared, steps)
+            students[name] = distill_student(args.config, out, name, p_sf, shared, steps, log)
             walls[f"distill_{name}"] = students[name]["wall_s"]
 
     # 3. the streams: same prompts, same seed (runtime.seed), same length

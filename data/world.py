@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.video_io import Mp4Writer
-
 KINDS = ("circle", "square", "triangle")
 
 # Saturated, mutually distant colours: they survive yuv420p chroma subsampling and stay nameable.
@@ -51,10 +49,65 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "dark blue": (15, 20, 70),
 }
 
+
+@dataclass(frozen=True)
+class WorldVocab:
+    """What a world may contain. Captions name every property the world checks test (colour, size,
+    count), so a perfect generator can pass them from the prompt alone: sizes are discrete and named.
+
+    `sizes` maps a size name to the bounding-box side as a fraction of the frame's short side;
+    `speed` is the (min, max) per-axis speed in short sides per second; `max_shapes` objects at most.
+    """
+
+    colours: tuple[str, ...]
+    backgrounds: tuple[str, ...]
+    kinds: tuple[str, ...]
+    sizes: tuple[tuple[str, float], ...]
+    max_shapes: int
+    speed: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        for c in self.colours:
+            if c not in SHAPE_COLOURS:
+                raise ValueError(f"unknown colour {c!r}; valid: {', '.join(SHAPE_COLOURS)}")
+        for b in self.backgrounds:
+            if b not in BACKGROUNDS:
+                raise ValueError(f"unknown background {b!r}; valid: {', '.join(BACKGROUNDS)}")
+        for k in self.kinds:
+            if k not in KINDS:
+                raise ValueError(f"unknown shape kind {k!r}; valid: {', '.join(KINDS)}")
+        if not self.sizes or any(not 0 < f <= 1 for _, f in self.sizes):
+            raise ValueError(f"sizes must be (name, fraction in (0, 1]) pairs, got {self.sizes}")
+        if self.max_shapes < 1:
+            raise ValueError(f"max_shapes must be >= 1, got {self.max_shapes}")
+        if not 0 <= self.speed[0] <= self.speed[1]:
+            raise ValueError(f"speed must be (min, max) with 0 <= min <= max, got {self.speed}")
+
+
+# "full": every colour, background and kind, up to 3 objects of 3 sizes (a hard world).
+# "laptop": what a tiny teacher learns in hours on 2 CPU cores (configs/world_teacher.yaml): one object,
+# 4 colours far apart, 2 backgrounds, 2 kinds, 2 sizes, slow. On 32 px frames: 8 px and 14 px objects.
+WORLD_VOCABS: dict[str, WorldVocab] = {
+    "full": WorldVocab(colours=tuple(sorted(SHAPE_COLOURS)), backgrounds=tuple(sorted(BACKGROUNDS)), kinds=KINDS,
+                       sizes=(("small", 0.16), ("medium", 0.23), ("large", 0.30)), max_shapes=3,
+                       speed=(0.15, 0.50)),
+    "laptop": WorldVocab(colours=("blue", "green", "red", "yellow"), backgrounds=("black", "gray"),
+                         kinds=("circle", "square"), sizes=(("small", 0.25), ("large", 0.44)), max_shapes=1,
+                         speed=(0.10, 0.25)),
+}
+
+
+def world_vocab(name: str) -> WorldVocab:
+    if name not in WORLD_VOCABS:
+        raise ValueError(f"unknown world vocabulary {name!r}; valid: {', '.join(WORLD_VOCABS)}")
+    return WORLD_VOCABS[name]
+
+
 @dataclass
 class ShapeSpec:
     """One object: `kind` in KINDS, colour `colour`/`rgb`, bounding-box side `size` (px), centre
-    `position` (x, y) at t = 0 and `velocity` (vx, vy) in px/s."""
+    `position` (x, y) at t = 0, `velocity` (vx, vy) in px/s and the size's caption word `size_name`
+    (None: the caption names no size)."""
 
     kind: str
     colour: str
@@ -62,6 +115,7 @@ class ShapeSpec:
     size: int
     position: tuple[float, float]
     velocity: tuple[float, float]
+    size_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -97,28 +151,32 @@ class WorldSpec:
 
 
 def sample_world(rng: random.Random, width: int, height: int, fps: int, seconds: float,
-                 max_shapes: int = 3, seed: int | None = None) -> WorldSpec:
-    """A random world: 1..max_shapes shapes of distinct colours (none the background's), sizes
-    15-30 % of the short side, speeds 15-50 % of the short side per second on each axis.
+                 max_shapes: int | None = None, seed: int | None = None, vocab: str | WorldVocab = "full") -> WorldSpec:
+    """A random world of `vocab`: 1..max_shapes shapes of distinct colours (none the background's),
+    each of a named size and a per-axis speed in `vocab.speed` short sides per second.
 
     Only `rng` is consumed, so the result is a pure function of its state; `seed` is recorded.
+    `max_shapes` (default: the vocabulary's) caps the object count.
     """
+    v = world_vocab(vocab) if isinstance(vocab, str) else vocab
+    max_shapes = v.max_shapes if max_shapes is None else max_shapes
     if max_shapes < 1:
         raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
     short = min(width, height)
-    background = rng.choice(sorted(BACKGROUNDS))
-    palette = sorted(SHAPE_COLOURS)
+    background = rng.choice(sorted(v.backgrounds))
+    palette = sorted(v.colours)
     count = rng.randint(1, min(max_shapes, len(palette)))
     colours = rng.sample(palette, count)
     shapes = []
     for colour in colours:
-        size = max(4, int(round(short * rng.uniform(0.15, 0.30))))
+        size_name, fraction = rng.choice(v.sizes)
+        size = max(4, int(round(short * fraction)))
         r = size / 2
         pos = (rng.uniform(r, width - r), rng.uniform(r, height - r))
-        vel = tuple(rng.choice((-1, 1)) * short * rng.uniform(0.15, 0.50) for _ in range(2))
-        shapes.append(ShapeSpec(kind=rng.choice(KINDS), colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
+        vel = tuple(rng.choice((-1, 1)) * short * rng.uniform(*v.speed) for _ in range(2))
+        shapes.append(ShapeSpec(kind=rng.choice(v.kinds), colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
                                 position=(round(pos[0], 3), round(pos[1], 3)),
-                                velocity=(round(vel[0], 3), round(vel[1], 3))))
+                                velocity=(round(vel[0], 3), round(vel[1], 3)), size_name=size_name))
     return WorldSpec(background=background, background_rgb=BACKGROUNDS[background], shapes=shapes,
                      fps=fps, duration=float(seconds), width=width, height=height, seed=seed)
 
@@ -176,8 +234,10 @@ def _article(word: str) -> str:
 
 
 def caption(spec: WorldSpec) -> str:
-    """E.g. "a red circle, a blue square and a yellow triangle bouncing on a black background"."""
-    parts = [f"{_article(s.colour)} {s.colour} {s.kind}" for s in spec.shapes]
+    """E.g. "a small red circle, a large blue square and a small yellow triangle bouncing on a black
+    background" (a shape without `size_name` is named without a size)."""
+    words = [" ".join(w for w in (s.size_name, s.colour, s.kind) if w) for s in spec.shapes]
+    parts = [f"{_article(w)} {w}" for w in words]
     if not parts:
         return f"an empty {spec.background} background"
     objects = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -206,7 +266,8 @@ def spec_to_dict(spec: WorldSpec) -> dict:
 
 def spec_from_dict(d: dict) -> WorldSpec:
     shapes = [ShapeSpec(kind=s["kind"], colour=s["colour"], rgb=tuple(s["rgb"]), size=int(s["size"]),
-                        position=tuple(s["position"]), velocity=tuple(s["velocity"])) for s in d["shapes"]]
+                        position=tuple(s["position"]), velocity=tuple(s["velocity"]), size_name=s.get("size_name"))
+              for s in d["shapes"]]
     return WorldSpec(background=d["background"], background_rgb=tuple(d["background_rgb"]), shapes=shapes,
                      fps=int(d["fps"]), duration=float(d["duration"]), width=int(d["width"]),
                      height=int(d["height"]), seed=d.get("seed"))
@@ -226,14 +287,29 @@ def world_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) & 0x7FFFFFFF
 
 
+def world_truths(count: int, width: int, height: int, fps: int, seconds: float, seed: int,
+                 vocab: str = "full", max_shapes: int | None = None) -> list[dict]:
+    """The ground truths (`ground_truth`) of the first `count` worlds `write_world_dataset` would write
+    with these arguments, without rendering a frame: world prompts to evaluate a generator on."""
+    out = []
+    for i in range(count):
+        s = world_seed(seed, i)
+        out.append(ground_truth(sample_world(random.Random(s), width, height, fps, seconds, max_shapes=max_shapes,
+                                             seed=s, vocab=vocab)))
+    return out
+
+
 def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height: int = 64, fps: int = 16,
-                        seconds: float = 4.0, seed: int = 0, max_shapes: int = 3) -> list[Path]:
+                        seconds: float = 4.0, seed: int = 0, max_shapes: int | None = None,
+                        vocab: str = "full") -> list[Path]:
     """Write `count` worlds as `world_XXXX.mp4` + `world_XXXX.txt` (caption) + `world_XXXX.gt.json`.
 
     Video `i` is drawn from `random.Random(world_seed(seed, i))`, so the dataset is deterministic
     for a seed and a prefix of a larger dataset equals the smaller one. Each file is written under a
     temporary name and renamed into place. Returns the mp4 paths in order.
     """
+    from pipeline.video_io import Mp4Writer  # av + torch: only when videos are written
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -241,7 +317,8 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
     try:
         for i in range(count):
             s = world_seed(seed, i)
-            spec = sample_world(random.Random(s), width, height, fps, seconds, max_shapes=max_shapes, seed=s)
+            spec = sample_world(random.Random(s), width, height, fps, seconds, max_shapes=max_shapes, seed=s,
+                                vocab=vocab)
             stem = f"world_{i:04d}"
             video = out / f"{stem}.mp4"
             with Mp4Writer(scratch / video.name, fps=fps, width=width, height=height) as writer:
@@ -257,7 +334,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
 
 
 __all__ = [
-    "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "ShapeSpec", "WorldSpec", "caption", "ground_truth", "render",
+    "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "WORLD_VOCABS", "ShapeSpec", "WorldSpec", "WorldVocab", "caption", "ground_truth", "render",
     "sample_world", "shape_mask", "shape_position", "spec_from_dict", "spec_to_dict", "world_seed",
-    "write_world_dataset",
+    "world_truths", "world_vocab", "write_world_dataset",
 ]

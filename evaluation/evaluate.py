@@ -8,7 +8,10 @@ Per (sampler, prompt) it runs two streams with the same seed:
   2. one whose frames go to OUT/videos/<sampler>_<i>.mp4 and to every `frame_sinks` callback
      (the drift metrics), so writing and scoring never inflate the throughput numbers.
 Writes OUT/metrics.json and returns it; `flat_metrics` turns it into MLflow scalars. `drift_sinks`
-gives the drift metrics (quality drift, consistency, flicker, colour, Fréchet; evaluation/drift.py).
+gives the drift metrics (quality drift, consistency, flicker, colour, Fréchet; evaluation/drift.py);
+`world_sinks` the world ground-truth checks, whose pass rates over chunks and prompts
+(`world_checks.chunk_pass_rates`: `world_chunk_pass_rate`, per chunk, first / last third) join each
+sampler's summary. Every sampler also gets a frame strip, OUT/plots/strip_<sampler>.png (`strips`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import numpy as np
 from pipeline.generator import PromptSchedule, StreamingGenerator
 from pipeline.video_io import Mp4Writer
 
+from .plots import chunk_series, world_series
+from .strips import StripCollector, write_strip
 from .throughput import machine_info, measure_stream
+from .world_checks import chunk_pass_rates
 
 MB = 1024 * 1024
 # Per-stream frame consumers: make(sampler, prompt_index) -> (add(frames [n, H, W, 3] uint8), finish() -> dict)
@@ -47,14 +53,16 @@ def evaluate(cfg, checkpoint: str | Path | None, out_dir: str | Path, samplers: 
                     "machine": machine_info(), "samplers": {}}
     total, done = len(samplers) * len(prompts), 0
     for sampler in samplers:
-        runs = []
+        runs, strips = [], []
         for i, prompt in enumerate(prompts):
             timing = measure_stream(gen, prompt, seconds, sampler)
             sinks = {name: make(sampler, i) for name, make in (frame_sinks or {}).items()}
+            strips.append(StripCollector(int(timing["video_frames"]), cfg.video.fps))
             video = out / "videos" / f"{sampler}_{i}.mp4"
             with Mp4Writer(video, cfg.video.fps, cfg.video.width, cfg.video.height) as writer:
                 for frames in gen.stream_video(PromptSchedule.single(prompt), num_blocks, sampler):
                     writer.write(frames)
+                    strips[-1].add(frames)
                     for add, _ in sinks.values():
                         add(frames)
             runs.append({"prompt": prompt, "video": str(video.relative_to(out)), "throughput": timing,
@@ -69,6 +77,12 @@ def evaluate(cfg, checkpoint: str | Path | None, out_dir: str | Path, samplers: 
             "peak_rss_mb": max(r["throughput"]["peak_rss_bytes"] for r in runs) / MB,
             "kv_cache_mb": max(r["throughput"]["kv_cache_bytes"] for r in runs) / MB,
         }
+        worlds = [r["world"] for r in runs if isinstance(r.get("world"), dict)]
+        if worlds:
+            result["samplers"][sampler].update(chunk_pass_rates(worlds))
+        strip = write_strip(strips, prompts, out / "plots" / f"strip_{sampler}.png",
+                            f"{sampler}: frames over the stream")
+        result["samplers"][sampler]["strip"] = strip.relative_to(out).as_posix()
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result
 
@@ -114,6 +128,21 @@ def drift_scalars(drift: dict) -> dict[str, float | None]:
             "frechet_first_last": f.get("distance"), "flicker": (drift.get("flicker") or {}).get("score")}
 
 
+def chunk_curves(result: dict) -> dict[int, dict[str, float]]:
+    """Per chunk index k: {'<sampler>/chunk_<metric>': mean over prompts} for MLflow curves with
+    step = k (quality, similarity to the first chunk, flicker and, with world checks, world pass rate)."""
+    curves: dict[int, dict[str, float]] = {}
+    for sampler in result["samplers"]:
+        series = {f"chunk_{key}": chunk_series(result, sampler, lambda c, k=key: c.get(k))
+                  for key in ("quality", "similarity_to_first", "flicker")}
+        series["chunk_world_pass_rate"] = world_series(result, sampler)
+        for name, (_, values) in series.items():
+            for k, v in enumerate(values):
+                if np.isfinite(v):
+                    curves.setdefault(k, {})[f"{sampler}/{name}"] = float(v)
+    return curves
+
+
 def flat_metrics(result: dict) -> dict[str, float]:
     """{'rolling/fps': ..., 'rolling/quality_drift': ..., ...}: the per-sampler scalars (means over prompts)."""
     flat: dict[str, float] = {}
@@ -121,9 +150,6 @@ def flat_metrics(result: dict) -> dict[str, float]:
         for key, value in summary.items():
             if isinstance(value, int | float):
                 flat[f"{sampler}/{key}"] = float(value)
-        checked = [r["world"]["passed"] for r in summary["runs"] if isinstance(r.get("world"), dict)]
-        if checked:
-            flat[f"{sampler}/world_pass_rate"] = sum(map(bool, checked)) / len(checked)
         drifts = [drift_scalars(r["drift"]) for r in summary["runs"] if r.get("drift")]
         for key in (drifts[0] if drifts else {}):
             values = [d[key] for d in drifts if d[key] is not None]

@@ -16,6 +16,7 @@ a gap in the curve; a metric that no run defines gives a plot that says so inste
 | colour.png                | mean luma (0..255) and mean HSV saturation (0..1) per chunk, two panels |
 | similarity_vs_dt.png      | s(dt): mean cosine of chunk centroids dt seconds apart (x = dt, not t)  |
 | throughput.png            | bars per sampler: fps and first-frame latency (s), two panels          |
+| world_pass_rate.png       | share of prompts whose chunk passes every world check (only with world checks) |
 
 matplotlib runs on the Agg canvas (no display, no pyplot global state), so this works headless and
 from worker threads.
@@ -175,6 +176,22 @@ def plot_throughput(result: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def world_series(result: dict, sampler: str) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk mid-times [k], world pass rate over prompts [k]) from the sampler's summary."""
+    summary = result["samplers"][sampler]
+    return (np.array(summary.get("world_chunk_times_s") or [], dtype=np.float64),
+            np.array([_num(v) for v in summary.get("world_chunk_pass_rate_by_chunk") or []], dtype=np.float64))
+
+
+def plot_world_pass_rate(result: dict, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    _curves(ax, {s: world_series(result, s) for s in result["samplers"]}, "time (s, chunk mid-time)",
+            "share of prompts passing")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("World checks passed per chunk (count, colour, size)")
+    return _save(fig, path)
+
+
 def write_plots(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write every plot of the module docstring's table into `out_dir`; returns {name: path}."""
     out = Path(out_dir)
@@ -187,7 +204,9 @@ def write_plots(result: dict, out_dir: str | Path) -> dict[str, Path]:
     paths["colour"] = plot_colour(result, out / "colour.png")
     paths["similarity_vs_dt"] = plot_similarity_vs_dt(result, out / "similarity_vs_dt.png")
     paths["throughput"] = plot_throughput(result, out / "throughput.png")
+    if any(summary.get("world_chunk_pass_rate_by_chunk") for summary in result["samplers"].values()):
+        paths["world_pass_rate"] = plot_world_pass_rate(result, out / "world_pass_rate.png")
     return paths
 
 
-__all__ = ["chunk_series", "drift_runs", "lag_series", "quality_label", "write_plots"]
+__all__ = ["chunk_series", "drift_runs", "lag_series", "quality_label", "world_series", "write_plots"]

@@ -15,8 +15,10 @@ Summary columns (per sampler, the mean over prompts; `flat_metrics` gives the sa
   similarity last->first     feature cosine of the last chunk to the first (1 = no content drift)
   Frechet first<->last       Frechet distance of first vs last span features (lower is better)
   flicker                    VBench temporal flickering over the whole stream (1 = static)
-A world-checks column (ground-truth objects kept, `evaluation.world_checks`) appears when runs carry
-a `world` summary. Undefined values print as n/a.
+World-checks columns (ground-truth objects kept, `evaluation.world_checks`) appear when runs carry
+a `world` summary: streams passing in every chunk, the share of chunks passing (all prompts), and
+that share in the first and last third of the stream. Each sampler's frame strip (evaluate's
+plots/strip_<sampler>.png) is shown under "Frames over time". Undefined values print as n/a.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ PLOT_TITLES = {
     "colour": "Brightness and saturation per chunk",
     "similarity_vs_dt": "Similarity vs time gap",
     "throughput": "Throughput and first-frame latency",
+    "world_pass_rate": "World checks passed per chunk",
 }
+# (summary key, column header) of the world checks, rates as percentages
+WORLD_COLUMNS = [("world_chunk_pass_rate", "world chunks passed ↑"),
+                 ("world_pass_rate_first_third", "first third ↑"),
+                 ("world_pass_rate_last_third", "last third ↑")]
 LEGEND = ("ΔDrift = |Q(first W s) − Q(last W s)| (the Rolling Forcing paper's quality drift); ↓ lower is better, "
           "↑ higher is better. fps and first-frame latency come from a separate timed stream in which nothing is "
           "written or scored. Peak RSS is the process's peak so far, so a sampler evaluated later also carries "
@@ -97,14 +104,26 @@ def summary_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """(headers, one row of formatted cells per sampler)."""
     flat = flat_metrics(result)
     world = {s: _world_cell(summary) for s, summary in result["samplers"].items()}
-    headers = ["sampler"] + [h for _, h, _ in COLUMNS] + (["world checks"] if any(world.values()) else [])
+    with_world = any(world.values())
+    headers = ["sampler"] + [h for _, h, _ in COLUMNS]
+    if with_world:
+        headers += ["world streams passed"] + [h for _, h in WORLD_COLUMNS]
     rows = []
-    for sampler in result["samplers"]:
+    for sampler, summary in result["samplers"].items():
         row = [sampler] + [fmt(flat.get(f"{sampler}/{key}"), spec) for key, _, spec in COLUMNS]
-        if len(headers) > len(COLUMNS) + 1:
-            row.append(world[sampler] or "n/a")
+        if with_world:
+            row += [world[sampler] or "n/a"] + [fmt(_pct(summary.get(key)), "{:.0f} %") for key, _ in WORLD_COLUMNS]
         rows.append(row)
     return headers, rows
+
+
+def _pct(rate) -> float | None:
+    return None if rate is None else 100.0 * float(rate)
+
+
+def strips(result: dict) -> list[tuple[str, str]]:
+    """(sampler, relative PNG path) of every sampler with a frame strip."""
+    return [(s, summary["strip"]) for s, summary in result["samplers"].items() if summary.get("strip")]
 
 
 def settings(result: dict) -> list[tuple[str, str]]:
@@ -157,6 +176,9 @@ def render_markdown(result: dict, plots: dict[str, str]) -> str:
             LEGEND, "",
             "## Plots", ""]
     out += [f"![{PLOT_TITLES.get(name, name)}]({quote(rel)})" + "\n" for name, rel in plots.items()]
+    if strips(result):
+        out += ["## Frames over time", ""]
+        out += [f"![{_md_cell(s)}: frames over the stream]({quote(rel)})" + "\n" for s, rel in strips(result)]
     out += ["## Samples", ""]
     samplers = list(result["samplers"])
     out += _md_table(["#", "prompt", *samplers], [], left=len(samplers) + 2)
@@ -198,7 +220,12 @@ def render_html(result: dict, plots: dict[str, str]) -> str:
         title = PLOT_TITLES.get(name, name)
         parts.append(f'<figure><img src="{_e(quote(rel))}" alt="{_e(title)}"><figcaption>{_e(title)}'
                      "</figcaption></figure>")
-    parts.append("</div><h2>Samples</h2>")
+    parts.append("</div>")
+    if strips(result):
+        parts.append("<h2>Frames over time</h2>")
+        parts += [f'<figure><img src="{_e(quote(rel))}" alt="{_e(s)} frames"><figcaption>{_e(s)}: frames over '
+                  "the stream</figcaption></figure>" for s, rel in strips(result)]
+    parts.append("<h2>Samples</h2>")
     head = '<th class="l">#</th><th class="l">prompt</th>' + "".join(f"<th>{_e(s)}</th>" for s in samplers)
     body = []
     for i, prompt in enumerate(result.get("prompts") or []):

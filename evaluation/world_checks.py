@@ -302,5 +302,43 @@ def check_world_frames(frames: np.ndarray, truth: WorldSpec | dict, chunk_second
     return checker.summary()
 
 
-__all__ = ["WorldChecker", "WorldTolerances", "check_world_frames", "components", "expected_objects",
-           "palette_labels"]
+def chunk_pass_rates(summaries: list[dict]) -> dict:
+    """The world pass rate over streams and over time, from `WorldChecker.summary()`s of streams that
+    share one chunk grid (one sampler's streams of several prompts):
+
+        world_chunk_pass_rate           share of (stream, chunk) pairs passing every check
+        world_chunk_pass_rate_by_chunk  [k]: share of streams whose chunk k passes
+        world_chunk_times_s             [k]: chunk k's mid-time (s)
+        world_pass_rate_first_third     the rate over chunks [0, n3) and over the last n3 chunks,
+        world_pass_rate_last_third      n3 = max(1, n // 3): a flat stream has them equal
+        world_drift                     1 - last-third rate: the share of chunks failing late in the
+                                        stream (the ablation's `drift`, lower is better)
+        world_pass_rate                 share of streams passing in every chunk
+
+    Values are None when no stream has a chunk."""
+    passed: dict[int, list[bool]] = {}
+    times: dict[int, float] = {}
+    for summary in summaries:
+        for c in summary.get("chunks") or []:
+            k = int(c["index"])
+            passed.setdefault(k, []).append(bool(c["passed"]))
+            times.setdefault(k, (float(c["start_s"]) + float(c["stop_s"])) / 2)
+    ks = sorted(passed)
+
+    def rate(keys) -> float | None:
+        flags = [f for k in keys for f in passed[k]]
+        return sum(flags) / len(flags) if flags else None
+
+    n3 = max(1, len(ks) // 3)
+    last = rate(ks[-n3:]) if ks else None
+    return {"world_chunk_pass_rate": rate(ks),
+            "world_chunk_pass_rate_by_chunk": [rate([k]) for k in ks],
+            "world_chunk_times_s": [times[k] for k in ks],
+            "world_pass_rate_first_third": rate(ks[:n3]) if ks else None,
+            "world_pass_rate_last_third": last,
+            "world_drift": None if last is None else 1.0 - last,
+            "world_pass_rate": (sum(bool(s.get("passed")) for s in summaries) / len(summaries)) if summaries else None}
+
+
+__all__ = ["WorldChecker", "WorldTolerances", "check_world_frames", "chunk_pass_rates", "components",
+           "expected_objects", "palette_labels"]

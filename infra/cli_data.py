@@ -49,9 +49,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     out = Path(args.out)
+    seed = cfg.data.seed if args.seed is None else args.seed
     written = write_world_dataset(out / "world", count=args.world, width=args.world_size, height=args.world_size,
-                                  fps=cfg.video.fps, seconds=args.seconds, seed=cfg.data.seed)
-    print(f"procedural world: {len(written)} videos with captions and ground truth in {out / 'world'}")
+                                  fps=cfg.video.fps, seconds=args.seconds, seed=seed, vocab=args.vocab)
+    print(f"procedural world: {len(written)} videos ({args.vocab} vocabulary, seed {seed}) with captions and "
+          f"ground truth in {out / 'world'}")
     if not args.no_real:
         real = collect_demo_clips(out / "real")
         print(f"real clips: {len(real['collected'])} collected in {out / 'real'}")
@@ -105,6 +107,11 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     m.add_argument("--world", type=int, default=16, help="number of procedural videos (default 16)")
     m.add_argument("--world-size", type=int, default=64, help="procedural video width = height in px (default 64)")
     m.add_argument("--seconds", type=float, default=4.0, help="procedural video length (default 4)")
+    m.add_argument("--seed", type=int, metavar="S", help="world seed (default: data.seed); another seed draws "
+                   "another world set, e.g. prompts a teacher trained on seed 0 has not seen")
+    m.add_argument("--vocab", default="full", metavar="NAME",
+                   help="what worlds contain: full (3 objects, 8 colours, 3 sizes) or laptop (1 object, 4 colours, "
+                   "2 sizes; the shipped world teacher's) (default full)")
     m.add_argument("--no-real", action="store_true", help="skip collecting real clips")
     m.set_defaults(func=cmd_demo)
 

@@ -111,10 +111,18 @@ def eval_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def world_headline(flat: dict[str, float], sampler: str) -> str:
+    """'83 % of chunks pass (first third 88 %, last third 79 %)' from flat_metrics."""
+    def pct(key: str) -> str:
+        v = flat.get(f"{sampler}/{key}")
+        return "n/a" if v is None else f"{100 * v:.0f} %"
+    return (f"{pct('world_chunk_pass_rate')} of chunks pass (first third {pct('world_pass_rate_first_third')}, "
+            f"last third {pct('world_pass_rate_last_third')})")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     cfg = eval_config(args)  # every check before the models load
-    from evaluation.evaluate import drift_sinks, evaluate, flat_metrics, world_sinks
-    from evaluation.plots import chunk_series
+    from evaluation.evaluate import chunk_curves, drift_sinks, evaluate, flat_metrics, world_sinks
     from evaluation.report import COLUMNS, fmt, write_report
 
     from .tracking import RUN_ID_FILE, Tracker, store_uri, ui_command
@@ -145,13 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           on_stream=lambda s, done, total: print(f"  streamed {done}/{total} ({s})", file=sys.stderr))
         report = write_report(result, out)
         tracker.log_metrics(flat_metrics(result), step=0)
-        per_chunk: dict[int, dict[str, float]] = {}  # curves (mean over prompts) with step = chunk index
-        for sampler in result["samplers"]:
-            for key in ("quality", "similarity_to_first", "flicker"):
-                _, values = chunk_series(result, sampler, lambda c, k=key: c.get(k))
-                for k, v in enumerate(values):
-                    per_chunk.setdefault(k, {})[f"{sampler}/chunk_{key}"] = v
-        for k, metrics in per_chunk.items():
+        for k, metrics in chunk_curves(result).items():  # curves (mean over prompts), step = chunk index
             tracker.log_metrics(metrics, step=k)
         for name in ("report.html", "report.md", "metrics.json"):
             tracker.log_artifact(out / name)
@@ -163,6 +165,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for sampler in result["samplers"]:
         print(f"{sampler:>14}: " + ", ".join(f"{header} {fmt(flat.get(f'{sampler}/{key}'), spec)}"
                                               for key, header, spec in COLUMNS))
+        if f"{sampler}/world_chunk_pass_rate" in flat:
+            print(f"{'':>14}  world checks: {world_headline(flat, sampler)}")
     print(f"report:   {report['html']} (markdown: {report['md']})")
     print(f"metrics:  {out / 'metrics.json'} (videos in {out / 'videos'}, plots in {out / 'plots'})")
     if run_id:

@@ -14,6 +14,7 @@ EPILOG = ("Overrides: any config key as key.sub=value, e.g. run.distill.max_step
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .cli_eval import world_headline
     from .dag import run_pipeline
 
     cfg = load_config(Config, args.config, args.overrides)
@@ -24,7 +25,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir).resolve()
     print(f"pipeline finished: {', '.join(records)} in {run_dir}")
     if "evaluate" in records:
+        print(f"  report:      {run_dir / 'eval' / 'report.html'} (markdown: report.md beside it)")
         print(f"  evaluation:  {run_dir / 'eval' / 'metrics.json'} (videos in {run_dir / 'eval' / 'videos'})")
+        metrics = records["evaluate"].get("metrics", {})
+        for sampler in cfg.run.evaluate.samplers:
+            if f"{sampler}/world_chunk_pass_rate" in metrics:
+                print(f"  {sampler + ':':<12} world checks {world_headline(metrics, sampler)}")
     if "export" in records:
         rec = records["export"]
         model = f" (MLflow model {rec['registered_model']} v{rec['model_version']})" if rec.get("registered_model") else ""

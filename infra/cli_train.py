@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
-    out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config)
+    out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config, dtype=args.dtype)
     run_cfg = load_config(Config, Path(args.run_dir) / "config.resolved.yaml")
     if run_cfg.tracking.enabled and (Path(args.run_dir) / "mlflow_run_id").is_file():
         from .tracking import Tracker
@@ -95,4 +95,6 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     e.add_argument("--out", required=True, metavar="DIR")
     e.add_argument("--ema", action="store_true", help="export the EMA weights")
     e.add_argument("--step", type=int, help="a specific checkpoint step (default: latest)")
+    e.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="stored weight type (default float32); float16 halves the file, loading casts back")
     e.set_defaults(func=cmd_export)

@@ -112,13 +112,17 @@ def _summary(stage: str, result: dict) -> str:
         return f"{int(m.get('videos_ok', 0))} videos in {int(m.get('shards', 0))} shards"
     if stage == "precompute":
         return f"{int(m.get('clips', 0))} clips encoded"
+    if stage == "teacher" and info.get("pretrained"):
+        return f"pretrained {info['pretrained']}; export {info.get('export')}"
     if stage in TRAIN_STAGES:
         loss = m.get("loss")
         return f"step {int(m.get('step', 0))}" + (f", loss {loss:.4f}" if loss is not None else "") + \
             f"; export {info.get('export')}"
     if stage == "evaluate":
         fps = {k.split("/")[0]: v for k, v in m.items() if k.endswith("/fps")}
-        return ", ".join(f"{s} {v:.1f} fps" for s, v in fps.items())
+        world = {k.split("/")[0]: v for k, v in m.items() if k.endswith("/world_chunk_pass_rate")}
+        return ", ".join(f"{s} {v:.1f} fps" + (f", world checks {100 * world[s]:.0f} % of chunks" if s in world else "")
+                         for s, v in fps.items())
     if info.get("registered_model"):
         return f"registered {info['registered_model']} v{info['model_version']}"
     return ""

@@ -34,6 +34,10 @@ def _worker(config: dict) -> None:
 
     cfg = from_dict(Config, config["cfg"])
     cfg.validate()
+    if cfg.ray.learner_threads:
+        import torch
+
+        torch.set_num_threads(cfg.ray.learner_threads)
     rank = ray.train.get_context().get_world_rank()
     if config.get("rollouts"):
         from training.history import set_history_source

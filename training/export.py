@@ -12,7 +12,7 @@ Reads the trainer's layout:
 
 and writes, atomically (temp dir, then rename), what `StreamingGenerator(cfg, checkpoint=OUT)` loads:
 
-    OUT/model.safetensors   contiguous fp32 weights, Wan key layout
+    OUT/model.safetensors   contiguous weights (fp32; `dtype` float16 / bfloat16 halve the file), Wan key layout
     OUT/config.json         generator sections of the run's config + stage/step/ema/source_run
     OUT/config.yaml         the same sections as a config file for `rollforge generate --config`
     OUT/README.md           a short model card
@@ -37,6 +37,7 @@ from pipeline.networks.checkpoints import check_state_dict, read_state_dict
 from pipeline.networks.wan_dit import build_dit
 
 GENERATOR_SECTIONS = ("model", "video", "codec", "text", "stream", "sampler")
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # loading casts to the run's dtype (strict load_state_dict)
 DS_TAG = "ds"
 
 
@@ -112,7 +113,8 @@ def check_finite(state: dict[str, Tensor], source: str) -> None:
                           f"(pick an earlier checkpoint with --step)")
 
 
-def _model_card(cfg, meta: dict, ema: bool, n_params: int, run_dir: Path, ckpt: Path, out: Path) -> str:
+def _model_card(cfg, meta: dict, ema: bool, n_params: int, run_dir: Path, ckpt: Path, out: Path,
+                dtype: str = "float32") -> str:
     m = cfg.model
     stage, step = meta.get("stage", cfg.train.stage), meta.get("step")
     return f"""# rollforge {stage} checkpoint (step {step})
@@ -121,7 +123,7 @@ A Wan2.1-layout DiT ({n_params:,} parameters; dim {m.dim}, {m.num_layers} layers
 {"student distilled for real-time streaming (Rolling Forcing)" if stage == "distill" else
  f"trained with the `{stage}` stage"} by rollforge.
 
-- weights: `model.safetensors` (fp32, {"EMA" if ema else "raw"} weights), Wan key layout
+- weights: `model.safetensors` ({dtype}, {"EMA" if ema else "raw"} weights), Wan key layout
 - stage: `{stage}`, step: {step}, checkpoint: `{ckpt.name}` of `{run_dir}`
 - video: {cfg.video.width}x{cfg.video.height} @ {cfg.video.fps} fps, codec `{cfg.codec.kind}`, text `{cfg.text.kind}`
 - streaming: {cfg.stream.frames_per_block} latent frames per block, steps {list(cfg.stream.denoising_steps)},
@@ -156,13 +158,16 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def export_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = False, step: int | None = None,
-                      *, config_type: type) -> Path:
-    """Export one checkpoint of a training run to `out_dir`; returns `out_dir`.
+                      *, config_type: type, dtype: str = "float32") -> Path:
+    """Export one checkpoint of a training run to `out_dir`; returns `out_dir`. Weights are checked
+    in fp32 and stored as `dtype` (a shipped model's size: float16 halves it, as Wan ships bf16).
 
     `config_type` is the root config dataclass the run's config.resolved.yaml is read into (the
     orchestration layer passes infra.schema.Config; training does not import it).
     """
     run_dir, out = Path(run_dir).resolve(), Path(out_dir).resolve()
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"dtype {dtype!r}: valid: {', '.join(EXPORT_DTYPES)}")
     if not (run_dir / RESOLVED_NAME).is_file():
         raise ExportError(f"{run_dir / RESOLVED_NAME}: not found - is {run_dir} a training run dir?")
     cfg = load_config(config_type, run_dir / RESOLVED_NAME)
@@ -184,12 +189,14 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = Fals
     except ValueError as e:
         raise ExportError(str(e)) from None
     check_finite(state, str(src))
+    state = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in state.items()}
+    check_finite(state, f"{src} as {dtype}")
 
     stage, step_no = meta.get("stage", cfg.train.stage), meta.get("step")
     sections = {name: to_dict(getattr(cfg, name)) for name in GENERATOR_SECTIONS}
     sections["model"]["weights"] = None  # the weights are this directory's model.safetensors
     info = {**sections, "stage": stage, "step": step_no, "ema": ema, "checkpoint": ckpt.name,
-            "source_run": str(run_dir)}
+            "source_run": str(run_dir), "dtype": dtype}
     n_params = sum(v.numel() for v in state.values())
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +206,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = Fals
                   metadata={"format": "pt", "stage": str(stage), "step": str(step_no), "ema": str(ema).lower()})
         (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "config.yaml").write_text(yaml.safe_dump(sections, sort_keys=False))
-        (tmp / "README.md").write_text(_model_card(cfg, meta, ema, n_params, run_dir, ckpt, out))
+        (tmp / "README.md").write_text(_model_card(cfg, meta, ema, n_params, run_dir, ckpt, out, dtype))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -168,6 +168,24 @@ def test_generator_loads_the_export(runs, tmp_path):
     assert own.keys() == exported.keys() and all(torch.equal(own[k], exported[k]) for k in own)
 
 
+def test_half_precision_export_loads_cast_back(runs, tmp_path):
+    """--dtype float16 halves the file (the shipped world teacher); the generator loads it as fp32."""
+    from pipeline.generator import StreamingGenerator
+
+    cfg, all_runs = runs
+    full = export_checkpoint(all_runs[3][0], tmp_path / "fp32")
+    half = export_checkpoint(all_runs[3][0], tmp_path / "fp16", dtype="float16")
+    state = load_file(str(half / "model.safetensors"))
+    assert {v.dtype for v in state.values()} == {torch.float16}
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    assert json.loads((half / "config.json").read_text())["dtype"] == "float16"
+    gen = StreamingGenerator(load_config(Config, half / "config.yaml"), checkpoint=half)
+    own = gen.model.state_dict()
+    assert all(v.dtype == torch.float32 and torch.equal(v, state[k].float()) for k, v in own.items())
+    with pytest.raises(ExportError, match="float8"):
+        export_checkpoint(all_runs[3][0], tmp_path / "x", dtype="float8")
+
+
 def test_nan_weights_are_refused(runs, tmp_path):
     _, all_runs = runs
     with pytest.raises(ExportError, match=r"non-finite .* refusing"):

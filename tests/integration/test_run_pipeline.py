@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["shard", "precompute", "teacher", "ode_init", "distill", "evaluate", "export"]
-MICRO = ["run.demo.world=4", "run.demo.world_seconds=1.5", "run.demo.real=false", "run.teacher.max_steps=6",
+# The micro run trains its own tiny teacher (the demo's shipped one has the demo's width).
+MICRO = ["run.pretrained_teacher=null", "run.demo.world=4", "run.demo.world_seconds=1.5", "run.teacher.max_steps=6",
          "run.ode_init.max_steps=4", "run.ode_init.ode_pairs=2", "run.ode_init.ode_teacher_steps=4",
-         "run.distill.max_steps=2", "run.evaluate.seconds=1", "run.evaluate.samplers=[rolling]",
+         "run.distill.max_steps=2", "run.evaluate.seconds=1", "run.evaluate.samplers=[rolling]", "run.evaluate.world_prompts=2",
          "train.checkpoint_every=50", "model.dim=64", "model.ffn_dim=128", "model.num_layers=2"]
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,11 @@ def test_pipeline_end_to_end_then_skips_then_reruns_only_what_changed(tmp_path):
     eval_metrics = runs["evaluate"][0].data.metrics
     assert eval_metrics["rolling/fps"] > 0 and 0 < eval_metrics["rolling/flicker"] <= 1
     assert eval_metrics["rolling/quality_drift"] >= 0 and "rolling/frechet_first_last" in eval_metrics
+    assert 0 <= eval_metrics["rolling/world_chunk_pass_rate"] <= 1  # 2 world prompts, checked per chunk
+    curve = client.get_metric_history(runs["evaluate"][0].info.run_id, "rolling/chunk_world_pass_rate")
+    assert [m.step for m in curve] == [0]  # one 1 s chunk
+    assert (run_dir / "eval/plots/world_pass_rate.png").is_file() and (run_dir / "eval/plots/strip_rolling.png").is_file()
+    assert "report:" in first and "world checks" in first
     assert runs["shard"][0].data.metrics["videos_ok"] == 4
     export_run = runs["export"][0]
     assert {a.path for a in client.list_artifacts(export_run.info.run_id, "model")} >= {

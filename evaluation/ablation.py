@@ -1,0 +1,113 @@
+"""The paper's ablation, small (bench/ablation.py): variants, per-stream numbers, mean ± standard error.
+
+Rolling Forcing's Table 3 removes one ingredient at a time. Here every variant shares the teacher, the
+ODE init and the DMD budget; two students are distilled (`rf`: Rolling Forcing rollouts mixed with
+Self-Forcing ones as in the reference, `sf`: Self-Forcing rollouts only) and each variant streams
+one of them:
+
+    variant           student  sampler   attention sink
+    full              rf       rolling   yes
+    no_sink           rf       rolling   no  (stream.sink_blocks = 0 at inference; trained with it)
+    no_rf_inference   rf       block_ar  yes
+    no_rf_training    sf       rolling   yes
+    self_forcing      sf       block_ar  yes
+
+Per stream (one world prompt, one seed), streamed to 10x the training rollout:
+    drift                    share of the last third's chunks failing the world checks (lower is better)
+    world_chunk_pass_rate    share of all its chunks passing
+    luma_max_deviation, similarity_min_to_first, quality_drift   `evaluate.drift_scalars`
+and per variant the mean and standard error s / sqrt(n) over its streams. The paper's ordering holds
+for a variant when full's drift is lower by more than `SE_MARGIN` combined standard errors:
+    mean_v - mean_full > 2 sqrt(se_v^2 + se_full^2).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+MIN_SECONDS = 10.0  # two non-overlapping 5 s windows of ΔDrift
+SE_MARGIN = 2.0
+# The reference's Rolling Forcing training mix: p_self_forcing of its DMD rollouts (ARCHITECTURE.md §2)
+RF_P_SELF_FORCING = 0.5
+
+
+@dataclass(frozen=True)
+class Variant:
+    student: str  # a key of STUDENTS
+    sampler: str
+    sink: bool
+    what: str
+
+
+STUDENTS = {"rf": RF_P_SELF_FORCING, "sf": 1.0}  # student -> train.p_self_forcing
+VARIANTS: dict[str, Variant] = {
+    "full": Variant("rf", "rolling", True, "Rolling Forcing training, rolling inference, attention sink"),
+    "no_sink": Variant("rf", "rolling", False, "the full student streamed without the sink (trained with it)"),
+    "no_rf_inference": Variant("rf", "block_ar", True, "the full student sampled block by block"),
+    "no_rf_training": Variant("sf", "rolling", True, "a Self-Forcing-trained student (p_self_forcing=1), rolling"),
+    "self_forcing": Variant("sf", "block_ar", True, "a Self-Forcing-trained student sampled block by block"),
+}
+METRICS = ("drift", "world_chunk_pass_rate", "luma_max_deviation", "similarity_min_to_first", "quality_drift")
+
+
+def training_seconds(rollout_blocks: int, frames_per_block: int, video_frames, fps: float) -> float:
+    """Seconds of video in one training rollout: rollout_blocks x frames_per_block latent frames,
+    decoded (`video_frames`: the codec's latent -> video frame count), at `fps`."""
+    return video_frames(rollout_blocks * frames_per_block) / fps
+
+
+def stream_seconds(train_seconds: float, length_factor: float, minimum: float = MIN_SECONDS) -> float:
+    """length_factor x the training length, but at least `minimum` (ΔDrift's windows must not overlap)."""
+    if train_seconds <= 0 or length_factor <= 0:
+        raise ValueError(f"need positive training length and factor, got {train_seconds}, {length_factor}")
+    return max(minimum, length_factor * train_seconds)
+
+
+def stream_numbers(run: dict) -> dict[str, float | None]:
+    """The ablation's numbers of one evaluated stream (a run of `evaluate`, with world and drift)."""
+    from .evaluate import drift_scalars  # torch and the metrics: not for the bench's --help
+    from .world_checks import chunk_pass_rates
+
+    rates = chunk_pass_rates([run["world"]]) if isinstance(run.get("world"), dict) else {}
+    scalars = drift_scalars(run.get("drift") or {})
+    return {"drift": rates.get("world_drift"), "world_chunk_pass_rate": rates.get("world_chunk_pass_rate"),
+            **{k: scalars.get(k) for k in ("luma_max_deviation", "similarity_min_to_first", "quality_drift")}}
+
+
+def mean_se(values: list[float | None]) -> dict[str, float | int | None]:
+    """{"mean", "se", "n"} over the defined values; se = sample std / sqrt(n) (None below 2 values)."""
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return {"mean": None, "se": None, "n": 0}
+    se = statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else None
+    return {"mean": statistics.fmean(v), "se": se, "n": len(v)}
+
+
+def summarise(streams: list[dict[str, float | None]]) -> dict[str, dict]:
+    """Per metric, mean ± se over a variant's streams (`stream_numbers` of each)."""
+    return {m: mean_se([s.get(m) for s in streams]) for m in METRICS}
+
+
+def ordering(variants: dict[str, dict], metric: str = "drift", reference: str = "full",
+             margin: float = SE_MARGIN) -> dict[str, dict]:
+    """Per other variant: the gap mean_v - mean_ref, its combined se and whether the gap exceeds
+    `margin` combined standard errors (None when undefined)."""
+    ref = variants[reference][metric]
+    out = {}
+    for name, v in variants.items():
+        if name == reference:
+            continue
+        m = v[metric]
+        if ref["mean"] is None or m["mean"] is None:
+            out[name] = {"gap": None, "combined_se": None, "holds": None}
+            continue
+        se = math.sqrt((ref["se"] or 0.0) ** 2 + (m["se"] or 0.0) ** 2)
+        gap = m["mean"] - ref["mean"]
+        out[name] = {"gap": gap, "combined_se": se, "holds": gap > margin * se}
+    return out
+
+
+__all__ = ["METRICS", "MIN_SECONDS", "RF_P_SELF_FORCING", "SE_MARGIN", "STUDENTS", "VARIANTS", "Variant", "mean_se",
+           "ordering", "stream_numbers", "stream_seconds", "summarise", "training_seconds"]
