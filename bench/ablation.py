@@ -15,6 +15,12 @@ its streams of: drift (share of the last third's chunks failing the world checks
 pass rate, the largest brightness change, the worst similarity to the first chunk and BRISQUE ΔDrift.
 Goal (the paper's ordering): full's drift lower than every other variant's by > 2 combined s.e.
 
+Beside the variants, the ODE-init student the two started from (`ode_init`, rolling, sink) and the
+teacher itself (`teacher`, bidirectional, one clip of its context) stream the same prompts and seeds,
+and each model's first teacher-length clips are compared with the teacher's clips: Fréchet distance
+of EfficientNet-Lite0 frame features (`frechet_to_teacher`, lower is closer). DMD earns its place
+when `full` beats `ode_init` on that distance and on the world pass rate.
+
 Steps:
   1. the shared teacher + ODE init: --from-run DIR reuses DIR/teacher/export, DIR/ode_init/export and
      DIR/data/latents (e.g. outputs/demo after `make demo`); otherwise `rollforge run --stages
@@ -43,6 +49,7 @@ from evaluation.ablation import (
     SE_MARGIN,
     STUDENTS,
     VARIANTS,
+    mean_se,
     ordering,
     stream_numbers,
     stream_seconds,
@@ -70,6 +77,39 @@ def variant_config(cfg, sink: bool, seed: int):
         out.stream.sink_blocks = 0
     out.validate()
     return out
+
+
+def clip_sink(frames_per_clip: int, store: list):
+    """A frame sink keeping the first `frames_per_clip` frames of every stream in `store` (one array
+    [n, H, W, 3] per stream, appended when the stream finishes)."""
+    import numpy as np
+
+    def make(_sampler: str, _index: int):
+        kept: list = []
+
+        def add(frames) -> None:
+            need = frames_per_clip - sum(len(f) for f in kept)
+            if need > 0:
+                kept.append(np.array(frames[:need], copy=True))
+
+        def finish() -> dict:
+            clip = np.concatenate(kept) if kept else np.zeros((0,), dtype=np.uint8)
+            store.append(clip)
+            return {"frames": int(len(clip))}
+        return add, finish
+    return make
+
+
+def frechet_to(reference, clips, features) -> float | None:
+    """Fréchet distance of the frame features of `clips` to those of `reference` (lists of clips)."""
+    import numpy as np
+
+    from evaluation.drift import frechet_distance
+
+    a = np.concatenate([features(c) for c in reference if len(c)])
+    b = np.concatenate([features(c) for c in clips if len(c)])
+    d = frechet_distance(a, b)
+    return None if d is None else d["distance"]
 
 
 def merge_runs(parts: list[tuple[int, dict]], prefix: str) -> dict:
@@ -110,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from evaluation.evaluate import drift_sinks, evaluate, world_sinks
+    from evaluation.features import Lite0Features
     from evaluation.report import write_report
     from evaluation.throughput import machine_info
     from infra.bench_runs import distill_student, shared_start
@@ -147,19 +188,46 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"streaming {seconds:g} s x {len(prompts)} world prompts x {len(seeds)} seeds for {', '.join(VARIANTS)}")
     drift = drift_sinks(cfg.video.fps, cfg.run.evaluate.chunk_seconds, seconds)["drift"]  # metric models loaded once
-    sinks = {"drift": drift, "world": world_sinks(truths, cfg.run.evaluate.chunk_seconds, cfg.video.fps)}
-    samplers, variants = {}, {}
-    for name, v in VARIANTS.items():
-        t0, parts = time.perf_counter(), []
+    world = world_sinks(truths, cfg.run.evaluate.chunk_seconds, cfg.video.fps)
+    clip_frames = cfg.codec.video_frames(s.context_frames)  # the teacher's clip, decoded
+    clips: dict[str, list] = {}
+    models = {name: (v.student, v.sampler, v.sink) for name, v in VARIANTS.items()}
+    models["ode_init"] = ("ode_init", "rolling", True)
+    exports = {name: st["export"] for name, st in students.items()}
+    exports["ode_init"] = shared["init_from"] if shared else None
+    exports["teacher"] = shared["teacher"] if shared else None
+    samplers, variants, baselines = {}, {}, {}
+    for name, (student, sampler, sink) in models.items():
+        t0, parts, clips[name] = time.perf_counter(), [], []
+        sinks = {"drift": drift, "world": world, "clip": clip_sink(clip_frames, clips[name])}
         for seed in seeds:
-            res = evaluate(variant_config(cfg, v.sink, seed), students[v.student]["export"],
-                           out / "eval" / name / f"seed{seed}", [v.sampler], seconds, prompts, frame_sinks=sinks)
-            parts.append((seed, res["samplers"][v.sampler]))
+            res = evaluate(variant_config(cfg, sink, seed), exports[student], out / "eval" / name / f"seed{seed}",
+                           [sampler], seconds, prompts, frame_sinks=sinks)
+            parts.append((seed, res["samplers"][sampler]))
         samplers[name] = merge_runs(parts, f"eval/{name}")
-        variants[name] = summarise([stream_numbers(r) for r in samplers[name]["runs"]])
+        (variants if name in VARIANTS else baselines)[name] = summarise([stream_numbers(r) for r in samplers[name]["runs"]])
         walls[f"eval_{name}"] = time.perf_counter() - t0
-        d = variants[name]["drift"]
+        d = (variants | baselines)[name]["drift"]
         log(f"  {name}: drift {d['mean']} ± {d['se']} ({walls[f'eval_{name}']:.0f} s)")
+
+    # the teacher's own clips of the same prompts and seeds: the reference of frechet_to_teacher
+    t0, parts, teacher_clips = time.perf_counter(), [], []
+    teacher_seconds = clip_frames / cfg.video.fps
+    teacher_world = world_sinks(eval_world_truths_for(cfg, truths, teacher_seconds), teacher_seconds / 3, cfg.video.fps)
+    for seed in seeds:
+        res = evaluate(variant_config(cfg, True, seed), exports["teacher"], out / "eval" / "teacher" / f"seed{seed}",
+                       ["bidirectional"], teacher_seconds, prompts,
+                       frame_sinks={"world": teacher_world, "clip": clip_sink(clip_frames, teacher_clips)})
+        parts.append((seed, res["samplers"]["bidirectional"]))
+    teacher_summary = merge_runs(parts, "eval/teacher")
+    walls["eval_teacher"] = time.perf_counter() - t0
+    features = Lite0Features(num_threads=1)
+    frechet = {name: frechet_to(teacher_clips, c, features) for name, c in clips.items()}
+    for name, stats in (variants | baselines).items():
+        stats["frechet_to_teacher"] = {"mean": frechet[name], "se": None, "n": len(clips[name])}
+    baselines["teacher"] = {"world_chunk_pass_rate": mean_se([stream_numbers(r)["world_chunk_pass_rate"]
+                                                              for r in teacher_summary["runs"]]),
+                            "clip_seconds": teacher_seconds, "chunk_seconds": teacher_seconds / 3}
 
     machine = machine_info()
     merged = {"checkpoint": "; ".join(f"{n}: {st['export'] or 'random weights'}" for n, st in students.items()),
@@ -177,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": None if any(o["holds"] is None for o in order.values()) else all(o["holds"] for o in order.values()),
         "variants": variants,
         "ordering_vs_full": order,
+        "baselines": baselines,
+        "dmd_beats_ode_init": {
+            "frechet_to_teacher": _lower(variants["full"]["frechet_to_teacher"]["mean"],
+                                         baselines["ode_init"]["frechet_to_teacher"]["mean"]),
+            "world_chunk_pass_rate": _lower(baselines["ode_init"]["world_chunk_pass_rate"]["mean"],
+                                            variants["full"]["world_chunk_pass_rate"]["mean"])},
         "variant_settings": {n: {**asdict(v), "p_self_forcing": STUDENTS[v.student]} for n, v in VARIANTS.items()},
-        "world_chunk_pass_rate_by_chunk": {n: samplers[n].get("world_chunk_pass_rate_by_chunk") for n in VARIANTS},
+        "world_chunk_pass_rate_by_chunk": {n: samplers[n].get("world_chunk_pass_rate_by_chunk") for n in samplers},
         "world_chunk_times_s": samplers["full"].get("world_chunk_times_s"),
         "stream_seconds": seconds,
         "length_factor": None if args.seconds else args.length_factor,
@@ -201,11 +275,28 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2, default=float, ensure_ascii=False)
     (out / "ablation.json").write_text(text + "\n", encoding="utf-8")
     if not args.json:
-        for name, m in variants.items():
-            print(f"{name:>16}: " + ", ".join(f"{k} {_pm(m[k])}" for k in m))
+        for name, m in (variants | baselines).items():
+            print(f"{name:>16}: " + ", ".join(f"{k} {_pm(m[k])}" for k in m if isinstance(m[k], dict)))
         print(f"report: {report['html']}\nJSON:")
     print(text)
     return 0
+
+
+def _lower(a: float | None, b: float | None) -> bool | None:
+    """a < b, None when either is undefined."""
+    return None if a is None or b is None else a < b
+
+
+def eval_world_truths_for(cfg, truths: list[dict], seconds: float) -> list[dict]:
+    """The same worlds' ground truth, for a stream of `seconds` (the teacher's one clip)."""
+    from data.world import ground_truth, spec_from_dict
+
+    out = []
+    for t in truths:
+        spec = spec_from_dict(t["spec"])
+        spec.duration = seconds
+        out.append(ground_truth(spec))
+    return out
 
 
 def _pm(stat: dict) -> str:

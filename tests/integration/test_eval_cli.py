@@ -116,11 +116,16 @@ def test_eval_checks_world_ground_truth(tmp_path):
     rollforge("eval", "--config", TINY, "--world", str(tmp_path / "worlds"), "--world-count", "2", "--seconds", "1",
               "--samplers", "rolling", "--out", str(out), "tracking.enabled=false")
     truths = [json.loads(p.read_text()) for p in sorted((tmp_path / "worlds").glob("*.gt.json"))[:2]]
-    runs = json.loads((out / "metrics.json").read_text())["samplers"]["rolling"]["runs"]
+    summary = json.loads((out / "metrics.json").read_text())["samplers"]["rolling"]
+    runs = summary["runs"]
     assert [r["prompt"] for r in runs] == [t["caption"] for t in truths]
     for r in runs:  # random weights draw no objects: the check must run and say so, per chunk
         assert r["world"]["num_frames"] == r["throughput"]["video_frames"] and r["world"]["passed"] is False
-    assert "world checks" in (out / "report.md").read_text()
+    chunks = sum(len(r["world"]["chunks"]) for r in runs)
+    passed = sum(c["passed"] for r in runs for c in r["world"]["chunks"])
+    assert summary["world_chunk_pass_rate"] == passed / chunks and len(summary["world_chunk_pass_rate_by_chunk"]) == 2
+    report = (out / "report.md").read_text()
+    assert "world chunks passed" in report and "plots/world_pass_rate.png" in report and "strip_rolling.png" in report
     proc = rollforge("eval", "--config", TINY, "--world", str(tmp_path / "worlds"), "--prompts", "x.txt",
                      "--out", str(out), check=False)
     assert proc.returncode == 2 and "give one" in proc.stderr

@@ -48,10 +48,10 @@ def test_stream_numbers_from_world_and_drift_summaries():
     assert set(summarise([n, n])) == set(METRICS)
 
 
-@pytest.mark.slow  # ~15 s: 5 variants x 2 prompts x 2 seeds of 1 s tiny-model streams with the drift metrics
+@pytest.mark.slow  # ~10 s: 5 variants + 2 baselines x 2 prompts of 1 s tiny-model streams with the drift metrics
 def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     bench = _load_bench()
-    argv = ["--config", str(REPO / "configs/tiny.yaml"), "--untrained", "--prompts", "2", "--seeds", "0,1",
+    argv = ["--config", str(REPO / "configs/tiny.yaml"), "--untrained", "--prompts", "2", "--seeds", "3",
             "--seconds", "1", "--out", str(tmp_path), "--json"]
     assert bench.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)  # the one JSON object on stdout
@@ -59,11 +59,16 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     assert list(printed["variants"]) == list(VARIANTS)
     for metrics in printed["variants"].values():
         for name in ("drift", "luma_max_deviation", "similarity_min_to_first", "quality_drift"):
-            assert set(metrics[name]) == {"mean", "se", "n"} and metrics[name]["n"] == 4
+            assert set(metrics[name]) == {"mean", "se", "n"} and metrics[name]["n"] == 2
         assert 0.0 <= metrics["drift"]["mean"] <= 1.0
     assert set(printed["ordering_vs_full"]) == set(VARIANTS) - {"full"}
+    assert set(printed["baselines"]) == {"ode_init", "teacher"}
+    for stats in [*printed["variants"].values(), printed["baselines"]["ode_init"]]:
+        assert stats["frechet_to_teacher"]["mean"] >= 0 and stats["frechet_to_teacher"]["n"] == 2
+    assert set(printed["dmd_beats_ode_init"]) == {"frechet_to_teacher", "world_chunk_pass_rate"}
+    assert printed["baselines"]["teacher"]["world_chunk_pass_rate"]["n"] == 2 and printed["seeds"] == [3]
     merged = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(merged["samplers"]["no_sink"]["runs"]) == 4 and (tmp_path / "plots" / "world_pass_rate.png").is_file()
+    assert len(merged["samplers"]["no_sink"]["runs"]) == 2 and (tmp_path / "plots" / "world_pass_rate.png").is_file()
     for name in VARIANTS:
         assert (tmp_path / merged["samplers"][name]["strip"]).is_file()
         assert all((tmp_path / r["video"]).is_file() for r in merged["samplers"][name]["runs"])
