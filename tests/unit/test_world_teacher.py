@@ -27,7 +27,7 @@ def test_shipped_export_is_complete_small_and_fits_its_configs():
     assert {p.name for p in TEACHER.iterdir()} >= {"model.safetensors", "config.json", "config.yaml", "README.md"}
     assert (TEACHER / "model.safetensors").stat().st_size <= MAX_BYTES
     meta = json.loads((TEACHER / "config.json").read_text())
-    assert meta["stage"] == "teacher" and meta["ema"] is False and meta["dtype"] == "float16"  # raw weights
+    assert meta["stage"] == "teacher" and meta["ema"] is True and meta["dtype"] == "float16"
     for name in ("world_teacher.yaml", "demo.yaml"):
         cfg = load_config(Config, REPO / "configs" / name)
         check_export_model(TEACHER, cfg.model)  # raises naming the first differing model.* key
