@@ -48,11 +48,11 @@ def test_stream_numbers_from_world_and_drift_summaries():
     assert set(summarise([n, n])) == set(METRICS)
 
 
-@pytest.mark.slow  # ~10 s: 5 variants + 2 baselines x 2 prompts of 1 s tiny-model streams with the drift metrics
+@pytest.mark.slow  # ~18 s: 5 variants + 2 baselines x 2 prompts of 0.5 s tiny-model streams with the drift metrics
 def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     bench = _load_bench()
     argv = ["--config", str(REPO / "configs/tiny.yaml"), "--untrained", "--prompts", "2", "--seeds", "3",
-            "--seconds", "1", "--out", str(tmp_path), "--json"]
+            "--seconds", "0.5", "--out", str(tmp_path), "--json"]
     assert bench.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)  # the one JSON object on stdout
     assert printed == json.loads((tmp_path / "ablation.json").read_text())
