@@ -49,13 +49,14 @@ from evaluation.ablation import (
     SE_MARGIN,
     STUDENTS,
     VARIANTS,
+    longest_rollout,
     mean_se,
     ordering,
     stream_numbers,
     stream_seconds,
     summarise,
-    training_seconds,
 )
+from infra.bench_runs import add_training_bench_args
 
 
 def log(msg: str) -> None:
@@ -133,16 +134,9 @@ def merge_runs(parts: list[tuple[int, dict]], prefix: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Prints one JSON object last (also OUT/ablation.json); progress on stderr.")
-    p.add_argument("--config", default="configs/demo.yaml", help="root config (default: configs/demo.yaml)")
-    p.add_argument("--from-run", metavar="DIR", help="reuse DIR/teacher/export, DIR/ode_init/export and "
-                   "DIR/data/latents (e.g. outputs/demo); default: build them in OUT/runs/base")
-    p.add_argument("--out", default="outputs/ablation", metavar="DIR", help="output folder (default: outputs/ablation)")
-    p.add_argument("--distill-steps", type=int, metavar="N",
-                   help="DMD steps per student (default: the config's run.distill.max_steps)")
+    add_training_bench_args(p, config="configs/demo.yaml", out="outputs/ablation")
     p.add_argument("--prompts", type=int, default=8, metavar="N", help="world prompts (default 8)")
     p.add_argument("--seeds", default="0,1", metavar="A,B", help="noise seeds per prompt (default 0,1)")
-    p.add_argument("--length-factor", type=float, default=10.0, metavar="F",
-                   help="stream F x the longest training rollout, at least 10 s (default 10)")
     p.add_argument("--seconds", type=float, metavar="S", help="stream length, overriding --length-factor")
     p.add_argument("--untrained", action="store_true",
                    help="stream random-weight students instead of training two (checks the plumbing in seconds)")
@@ -153,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.features import Lite0Features
     from evaluation.report import write_report
     from evaluation.throughput import machine_info
-    from infra.bench_runs import distill_student, shared_start
+    from infra.bench_runs import distill_steps, distill_student, shared_start
     from infra.config import load_config, save_resolved, to_dict
     from infra.schema import Config
     from infra.stages import eval_world_truths
@@ -162,11 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(Config, args.config)
     s = cfg.stream
     seeds = parse_seeds(args.seeds)
-    steps = args.distill_steps or int(cfg.run.distill.get("max_steps", cfg.train.max_steps))
-    if steps < 1 or args.prompts < 1:
-        raise ValueError(f"--distill-steps and --prompts must be positive, got {steps}, {args.prompts}")
-    rollout_blocks = cfg.train.rollout_range(s.context_blocks)[1]
-    train_s = training_seconds(rollout_blocks, s.frames_per_block, cfg.codec.video_frames, cfg.video.fps)
+    steps = distill_steps(args.distill_steps, cfg)
+    if args.prompts < 1:
+        raise ValueError(f"--prompts must be positive, got {args.prompts}")
+    rollout_blocks, train_s = longest_rollout(cfg)
     seconds = args.seconds if args.seconds else stream_seconds(train_s, args.length_factor)
     cfg.run.evaluate.world_prompts, cfg.run.evaluate.seconds = args.prompts, seconds
     truths = eval_world_truths(cfg)
@@ -213,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     # the teacher's own clips of the same prompts and seeds: the reference of frechet_to_teacher
     t0, parts, teacher_clips = time.perf_counter(), [], []
     teacher_seconds = clip_frames / cfg.video.fps
-    teacher_world = world_sinks(eval_world_truths_for(cfg, truths, teacher_seconds), teacher_seconds / 3, cfg.video.fps)
+    teacher_world = world_sinks(eval_world_truths(cfg, teacher_seconds), teacher_seconds / 3, cfg.video.fps)
     for seed in seeds:
         res = evaluate(variant_config(cfg, True, seed), exports["teacher"], out / "eval" / "teacher" / f"seed{seed}",
                        ["bidirectional"], teacher_seconds, prompts,
@@ -285,18 +278,6 @@ def main(argv: list[str] | None = None) -> int:
 def _lower(a: float | None, b: float | None) -> bool | None:
     """a < b, None when either is undefined."""
     return None if a is None or b is None else a < b
-
-
-def eval_world_truths_for(cfg, truths: list[dict], seconds: float) -> list[dict]:
-    """The same worlds' ground truth, for a stream of `seconds` (the teacher's one clip)."""
-    from data.world import ground_truth, spec_from_dict
-
-    out = []
-    for t in truths:
-        spec = spec_from_dict(t["spec"])
-        spec.duration = seconds
-        out.append(ground_truth(spec))
-    return out
 
 
 def _pm(stat: dict) -> str:

@@ -40,9 +40,15 @@ from pathlib import Path
 # Heavy imports (torch, the models, the metrics) happen inside the functions that need them, so
 # --help and the pure helpers below stay instant.
 
-from evaluation.ablation import MIN_SECONDS, RF_P_SELF_FORCING, stream_seconds, training_seconds  # noqa: F401
+from evaluation.ablation import (  # noqa: F401  (training_seconds, MIN_SECONDS: this bench's helpers, tested)
+    MIN_SECONDS,
+    RF_P_SELF_FORCING,
+    longest_rollout,
+    stream_seconds,
+    training_seconds,
+)
 from evaluation.throughput import warm_up
-from infra.bench_runs import distill_student, shared_start
+from infra.bench_runs import add_training_bench_args, distill_steps, distill_student, shared_start
 
 GOAL_RATIO = 0.5  # RF ΔDrift must be at most this share of the block-AR student's
 MODELS = {  # name -> (sampler, p_self_forcing of its distill run; None = not distilled)
@@ -266,14 +272,7 @@ def model_numbers(summary: dict, flat: dict, name: str, window_chunks: int = 5) 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Prints one JSON object (also OUT/comparison.json); progress on stderr.")
-    p.add_argument("--config", default="configs/compare.yaml", help="root config (default: configs/compare.yaml)")
-    p.add_argument("--from-run", metavar="DIR", help="reuse DIR/teacher/export, DIR/ode_init/export and "
-                   "DIR/data/latents (e.g. outputs/demo); default: build them in OUT/runs/base")
-    p.add_argument("--out", default="outputs/compare", metavar="DIR", help="output folder (default: outputs/compare)")
-    p.add_argument("--distill-steps", type=int, metavar="N", help="distill steps per student (default: the "
-                   "config's run.distill.max_steps)")
-    p.add_argument("--length-factor", type=float, default=10.0, metavar="F",
-                   help=f"stream F x the training rollout length, at least {MIN_SECONDS:g} s (default: 10)")
+    add_training_bench_args(p, config="configs/compare.yaml", out="outputs/compare")
     p.add_argument("--prompts", metavar="N|FILE", help="the first N of the config's run.evaluate.prompts, or a "
                    "prompt file (.txt one per line, YAML/JSON list); default: all of the config's")
     p.add_argument("--teacher-prefix-blocks", type=int, default=2, metavar="P",
@@ -293,14 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     t_total = time.perf_counter()
     cfg = load_config(Config, args.config)
     s = cfg.stream
-    steps = args.distill_steps or int(cfg.run.distill.get("max_steps", cfg.train.max_steps))
-    if steps < 1:
-        raise ValueError(f"--distill-steps must be positive, got {steps}")
+    steps = distill_steps(args.distill_steps, cfg)
     if not 0 <= args.teacher_prefix_blocks < s.context_blocks:
         raise ValueError(f"--teacher-prefix-blocks must be in [0, {s.context_blocks}), got {args.teacher_prefix_blocks}")
     prompts = select_prompts(args.prompts, cfg.run.evaluate.prompts)
-    rollout_blocks = cfg.train.rollout_range(s.context_blocks)[1]  # the longest training rollout
-    train_s = training_seconds(rollout_blocks, s.frames_per_block, cfg.codec.video_frames, cfg.video.fps)
+    rollout_blocks, train_s = longest_rollout(cfg)
     seconds = stream_seconds(train_s, args.length_factor)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,14 @@ def training_seconds(rollout_blocks: int, frames_per_block: int, video_frames, f
     return video_frames(rollout_blocks * frames_per_block) / fps
 
 
+def longest_rollout(cfg) -> tuple[int, float]:
+    """(blocks, seconds of video) of the longest distill rollout of `cfg`: what "10x the training
+    rollout" multiplies."""
+    s = cfg.stream
+    blocks = cfg.train.rollout_range(s.context_blocks)[1]
+    return blocks, training_seconds(blocks, s.frames_per_block, cfg.codec.video_frames, cfg.video.fps)
+
+
 def stream_seconds(train_seconds: float, length_factor: float, minimum: float = MIN_SECONDS) -> float:
     """length_factor x the training length, but at least `minimum` (ΔDrift's windows must not overlap)."""
     if train_seconds <= 0 or length_factor <= 0:
@@ -110,4 +118,4 @@ def ordering(variants: dict[str, dict], metric: str = "drift", reference: str = 
 
 
 __all__ = ["METRICS", "MIN_SECONDS", "RF_P_SELF_FORCING", "SE_MARGIN", "STUDENTS", "VARIANTS", "Variant", "mean_se",
-           "ordering", "stream_numbers", "stream_seconds", "summarise", "training_seconds"]
+           "longest_rollout", "ordering", "stream_numbers", "stream_seconds", "summarise", "training_seconds"]

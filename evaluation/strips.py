@@ -11,6 +11,7 @@ its colour and size, at the end of the stream. Frames are drawn with nearest-nei
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def write_strip(streams: list[StripCollector], labels: list[str], path: str | Pa
             if r == 0:
                 ax.set_title(f"{i / stream.fps:.1f} s", fontsize="small")
             if c == 0:
-                ax.set_ylabel(_wrap(labels[r] if r < len(labels) else str(r)), fontsize="x-small", rotation=0,
+                ax.set_ylabel(_label(labels[r] if r < len(labels) else str(r)), fontsize="x-small", rotation=0,
                               ha="right", va="center")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,15 +72,9 @@ def write_strip(streams: list[StripCollector], labels: list[str], path: str | Pa
     return path
 
 
-def _wrap(text: str, width: int = 22) -> str:
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return "\n".join([*lines, line][:4])
+def _label(text: str) -> str:
+    """A row label: the prompt wrapped to 22 characters, at most 4 lines."""
+    return "\n".join(textwrap.wrap(text, 22)[:4])
 
 
 __all__ = ["STRIP_FRAMES", "StripCollector", "write_strip"]

@@ -7,6 +7,7 @@ and rerunning a bench with the same settings skips finished stages by fingerprin
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -16,6 +17,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 Log = Callable[[str], None]
+
+
+def add_training_bench_args(p: argparse.ArgumentParser, config: str, out: str) -> None:
+    """The flags every training bench shares: its config, the shared teacher + ODE init to reuse,
+    its output folder, the DMD budget and the stream length (a factor of the training rollout)."""
+    p.add_argument("--config", default=config, help=f"root config (default: {config})")
+    p.add_argument("--from-run", metavar="DIR", help="reuse DIR/teacher/export, DIR/ode_init/export and "
+                   "DIR/data/latents (e.g. outputs/demo); default: build them in OUT/runs/base")
+    p.add_argument("--out", default=out, metavar="DIR", help=f"output folder (default: {out})")
+    p.add_argument("--distill-steps", type=int, metavar="N",
+                   help="DMD steps per student (default: the config's run.distill.max_steps)")
+    p.add_argument("--length-factor", type=float, default=10.0, metavar="F",
+                   help="stream F x the longest training rollout, at least 10 s (default 10)")
+
+
+def distill_steps(requested: int | None, cfg) -> int:
+    """--distill-steps, else the config's run.distill.max_steps (else train.max_steps); positive."""
+    steps = requested or int(cfg.run.distill.get("max_steps", cfg.train.max_steps))
+    if steps < 1:
+        raise ValueError(f"--distill-steps must be positive, got {steps}")
+    return steps
 
 
 def rollforge_run(config: str, run_dir: Path, stages: str, overrides: list[str], log_path: Path, log: Log) -> float:
@@ -71,4 +93,4 @@ def distill_student(config: str, out: Path, name: str, p_self_forcing: float, sh
                                    ("loss/generator", "loss/critic", "dmd/dmd_gradient_norm")}}
 
 
-__all__ = ["distill_student", "rollforge_run", "shared_start"]
+__all__ = ["add_training_bench_args", "distill_steps", "distill_student", "rollforge_run", "shared_start"]

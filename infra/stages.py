@@ -284,14 +284,14 @@ def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
                                                       "report": str(report["html"])}}
 
 
-def eval_world_truths(cfg) -> list[dict]:
+def eval_world_truths(cfg, seconds: float | None = None) -> list[dict]:
     """The evaluate stage's world prompts: run.evaluate.world_prompts worlds of run.demo's vocabulary at
-    the video's size, drawn with run.evaluate.world_seed, as long as the evaluated streams."""
+    the video's size, drawn with run.evaluate.world_seed, as long as the evaluated streams (or `seconds`)."""
     from data.world import world_truths
 
     e = cfg.run.evaluate
-    return world_truths(e.world_prompts, cfg.video.width, cfg.video.height, cfg.video.fps, e.seconds,
-                        seed=e.world_seed, vocab=cfg.run.demo.world_vocab)
+    return world_truths(e.world_prompts, cfg.video.width, cfg.video.height, cfg.video.fps,
+                        e.seconds if seconds is None else seconds, seed=e.world_seed, vocab=cfg.run.demo.world_vocab)
 
 
 def run_export(ctx: StageContext, tracker: Tracker) -> dict:
