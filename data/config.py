@@ -41,3 +41,4 @@ class DataConfig:
         for key in ("shard_size", "workers", "encode_batch", "batch_size"):
             need(getattr(self, key) > 0, key, "must be positive")
         need(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
+        need(self.seed >= 0, "seed", "must be >= 0")

@@ -153,8 +153,11 @@ class _Encoder:
 def _encode_stream(cfg, paths: list[Path], progress: bool):
     from infra.distributed import init_ray
 
+    from infra.logs import reapply
+
     ray = init_ray(cfg.ray)
     ctx = ray.data.DataContext.get_current()
+    reapply()  # Ray Data attaches its console handler on import
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, progress
     have = ray.cluster_resources()
     gpus, cpus = int(have.get("GPU", 0)), float(have.get("CPU", 1))
@@ -167,7 +170,7 @@ def _encode_stream(cfg, paths: list[Path], progress: bool):
     share = 1.0 if gpu or cpus >= 2 else max(cpus, 1) / 2
     # On a 1-CPU Ray (a laptop, or a process that started Ray small) the actor and the read/decode
     # tasks must fit together, so each asks for half a CPU instead of a whole one.
-    ds = ray.data.read_webdataset([str(p) for p in paths], decoder=None, ray_remote_args={"num_cpus": share})
+    ds = ray.data.read_webdataset([str(p) for p in paths], decoder=None, num_cpus=share)
     clip = {"num_frames": cfg.clip_frames, "fps": cfg.video.fps, "height": cfg.video.height,
             "width": cfg.video.width, "crop": cfg.data.crop, "seed": cfg.data.seed}
     ds = ds.map(_decode_row, fn_kwargs={"clip": clip, "missing_caption": cfg.data.missing_caption}, num_cpus=share)

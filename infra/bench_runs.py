@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .cli_types import positive_float, positive_int
+
 Log = Callable[[str], None]
 
 
@@ -26,9 +28,9 @@ def add_training_bench_args(p: argparse.ArgumentParser, config: str, out: str) -
     p.add_argument("--from-run", metavar="DIR", help="reuse DIR/teacher/export, DIR/ode_init/export and "
                    "DIR/data/latents (e.g. outputs/demo); default: build them in OUT/runs/base")
     p.add_argument("--out", default=out, metavar="DIR", help=f"output folder (default: {out})")
-    p.add_argument("--distill-steps", type=int, metavar="N",
+    p.add_argument("--distill-steps", type=positive_int, metavar="N",
                    help="DMD steps per student (default: the config's run.distill.max_steps)")
-    p.add_argument("--length-factor", type=float, default=10.0, metavar="F",
+    p.add_argument("--length-factor", type=positive_float, default=10.0, metavar="F",
                    help="stream F x the longest training rollout, at least 10 s (default 10)")
 
 

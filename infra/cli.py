@@ -10,9 +10,10 @@ from pathlib import Path
 
 from pipeline.config import SAMPLER_KINDS, ConfigError
 
-from . import cli_data, cli_run, cli_train
-from . import cli_eval
+from . import cli_data, cli_eval, cli_run, cli_train
+from .cli_types import positive_float
 from .config import dump_yaml, load_config, save_resolved
+from .launch import report_error
 from .schema import Config
 
 EPILOG = "Overrides: any config key as key.sub=value, e.g. stream.sink_blocks=2 runtime.device=cuda"
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", metavar="DIR", help="exported checkpoint dir (model.safetensors [+ config.json])")
     g.add_argument("--prompt", help="text prompt")
     g.add_argument("--prompt-schedule", metavar="FILE", help="YAML/JSON/JSONL list of {at: seconds, prompt: text}")
-    g.add_argument("--seconds", type=float, default=5.0, help="video length in seconds (default 5)")
+    g.add_argument("--seconds", type=positive_float, default=5.0, help="video length in seconds (default 5)")
     g.add_argument("--sampler", choices=SAMPLER_KINDS, help="override sampler.kind")
     g.add_argument("--out", required=True, metavar="FILE.mp4", help="output video")
     g.set_defaults(func=cmd_generate)
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "wall time, fps, first-frame latency, peak RSS (and CUDA) bytes and KV-cache bytes.")
     _add_config_args(bs)
     bs.add_argument("--checkpoint", metavar="DIR", help="exported checkpoint dir")
-    bs.add_argument("--seconds", type=float, default=10.0, help="video length in seconds (default 10)")
+    bs.add_argument("--seconds", type=positive_float, default=10.0, help="video length in seconds (default 10)")
     bs.add_argument("--sampler", choices=SAMPLER_KINDS, help="override sampler.kind")
     bs.add_argument("--prompt", default="a red ball bouncing on a wooden floor", help="prompt to stream")
     bs.add_argument("--recompute", action="store_true",
@@ -163,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"rollforge: config error: {e}", file=sys.stderr)
-        return 2
+        message = f"rollforge: config error: {e}"
     except (FileNotFoundError, ValueError) as e:
-        print(f"rollforge: error: {e}", file=sys.stderr)
-        return 2
+        message = f"rollforge: error: {e}"
+    report_error(message)  # under `--nproc`, the launcher prints it once, after every rank has stopped
+    return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .cli_types import nonneg_int, positive_float, positive_int
 from .config import load_config, save_resolved
 from .schema import Config
 
@@ -87,9 +88,9 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     s.add_argument("--input", metavar="PATH", help="folder of videos with sidecar .txt/.json captions")
     s.add_argument("--manifest", metavar="FILE", help="CSV or JSONL with path, caption[, start, end]")
     s.add_argument("--output", metavar="DIR", help="shard folder (default: data.shards)")
-    s.add_argument("--shard-size", type=int, help="samples per shard (default: data.shard_size)")
-    s.add_argument("--workers", type=int, help="parallel workers (default: data.workers)")
-    s.add_argument("--min-frames", type=int, default=1, help="skip videos with fewer frames (default 1)")
+    s.add_argument("--shard-size", type=positive_int, help="samples per shard (default: data.shard_size)")
+    s.add_argument("--workers", type=positive_int, help="parallel workers (default: data.workers)")
+    s.add_argument("--min-frames", type=positive_int, default=1, help="skip videos with fewer frames (default 1)")
     s.set_defaults(func=cmd_shard)
 
     p = dsub.add_parser("precompute", help="encode shards to latents + text embeddings (Ray Data)", epilog=EPILOG,
@@ -104,10 +105,10 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                         "captions and ground truth) plus real clips shipped by installed packages.")
     add_config_args(m)
     m.add_argument("--out", required=True, metavar="DIR")
-    m.add_argument("--world", type=int, default=16, help="number of procedural videos (default 16)")
-    m.add_argument("--world-size", type=int, default=64, help="procedural video width = height in px (default 64)")
-    m.add_argument("--seconds", type=float, default=4.0, help="procedural video length (default 4)")
-    m.add_argument("--seed", type=int, metavar="S", help="world seed (default: data.seed); another seed draws "
+    m.add_argument("--world", type=nonneg_int, default=16, help="number of procedural videos (default 16)")
+    m.add_argument("--world-size", type=positive_int, default=64, help="procedural video width = height in px (default 64)")
+    m.add_argument("--seconds", type=positive_float, default=4.0, help="procedural video length (default 4)")
+    m.add_argument("--seed", type=nonneg_int, metavar="S", help="world seed (default: data.seed); another seed draws "
                    "another world set, e.g. prompts a teacher trained on seed 0 has not seen")
     m.add_argument("--vocab", default="full", metavar="NAME",
                    help="what worlds contain: full (3 objects, 8 colours, 3 sizes) or laptop (1 object, 4 colours, "

@@ -18,7 +18,9 @@ import yaml
 from evaluation.chunks import ChunkGrid
 from pipeline.config import ConfigError
 
+from .cli_types import positive_float, positive_int
 from .config import load_config, save_resolved
+from .logs import route_library_logs
 from .run_config import EVAL_SAMPLERS
 from .schema import Config
 
@@ -129,6 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     e = cfg.run.evaluate
     out = Path(args.out).resolve()
+    route_library_logs(out)
     checkpoint = args.checkpoint
     if checkpoint and not Path(checkpoint).is_dir():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such directory (expected model.safetensors "
@@ -188,14 +191,14 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                    help="exported checkpoint dir (model.safetensors [+ config.json]); default: random seeded weights")
     p.add_argument("--samplers", metavar="A,B,...",
                    help=f"comma-separated, from {', '.join(EVAL_SAMPLERS)} (default: run.evaluate.samplers)")
-    p.add_argument("--seconds", type=float, metavar="S", help="video per prompt and sampler (default: run.evaluate.seconds)")
+    p.add_argument("--seconds", type=positive_float, metavar="S", help="video per prompt and sampler (default: run.evaluate.seconds)")
     p.add_argument("--prompts", metavar="FILE",
                    help=".txt (one per line) or YAML/JSON list of prompts (default: run.evaluate.prompts)")
-    p.add_argument("--chunk-seconds", type=float, metavar="C",
+    p.add_argument("--chunk-seconds", type=positive_float, metavar="C",
                    help="drift metrics per chunk of C seconds (default: run.evaluate.chunk_seconds)")
     p.add_argument("--world", metavar="DIR", help="procedural worlds (NAME.gt.json): their captions are the "
                    "prompts and each stream is checked against its world's ground truth (objects keep colour, "
                    "size and count)")
-    p.add_argument("--world-count", type=int, default=3, metavar="N", help="worlds taken from --world (default 3)")
+    p.add_argument("--world-count", type=positive_int, default=3, metavar="N", help="worlds taken from --world (default 3)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=cmd_eval)

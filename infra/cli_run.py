@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .config import load_config
+from .logs import ray_log_dir, route_library_logs
 from .schema import Config
 from .tracking import store_uri, ui_command
 
@@ -21,6 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stages:
         cfg.run.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         cfg.validate()
+    logs = route_library_logs(args.run_dir)
     records = run_pipeline(cfg, args.run_dir)
     run_dir = Path(args.run_dir).resolve()
     print(f"pipeline finished: {', '.join(records)} in {run_dir}")
@@ -38,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  stream it:   rollforge generate --config {run_dir / 'export' / 'config.yaml'} "
               f"--checkpoint {run_dir / 'export'} --prompt \"...\" --seconds 30 --out video.mp4")
     print(f"  MLflow:      {ui_command(store_uri(cfg.tracking, run_dir))}")
+    print(f"  logs:        {logs} (libraries); Ray workers: {ray_log_dir() or 'Ray was not started'}")
     return 0
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from .cli_types import nonneg_int, positive_int
 from .config import load_config
+from .launch import report_error
+from .logs import route_library_logs
+from .progress_lines import ProgressLines
 from .schema import Config
 from .tracking import store_uri, ui_command
 
@@ -31,25 +34,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ray:
         from .ray_train import train_with_ray
 
-        result = train_with_ray(cfg, args.run_dir, args.nproc)
+        route_library_logs(args.run_dir)
+        with ProgressLines(Path(args.run_dir), cfg.train.max_steps):  # the workers' output stays in Ray's logs
+            result = train_with_ray(cfg, args.run_dir, args.nproc)
         print(f"stage {cfg.train.stage} finished under Ray Train ({args.nproc} workers): {result.metrics}")
         return 0
     if args.nproc > 1 and "RANK" not in os.environ:
-        from training.dist import free_port
+        from .launch import launch_ranks
 
-        argv = [a for a in sys.argv[1:]]
+        argv = list(sys.argv[1:])
         i = argv.index("--nproc")
         del argv[i:i + 2]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "infra.cli", *argv]
-        return subprocess.call(cmd)
+        return launch_ranks(argv, args.nproc)
     from training.objectives import NonFiniteLoss
     from training.trainer import train_loop
 
+    route_library_logs(args.run_dir)
     try:
         logs = train_loop(cfg, args.run_dir, resume=args.resume)
     except NonFiniteLoss as e:
-        print(f"rollforge: training stopped: {e}", file=sys.stderr)
+        report_error(f"rollforge: training stopped: {e}")
         return 3
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"stage {cfg.train.stage} finished at step {cfg.train.max_steps}: loss {logs.get('loss', float('nan')):.5f}"
@@ -80,9 +84,9 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     add_config_args(t)
     t.add_argument("--stage", required=True, choices=("teacher", "ode_init", "distill"))
     t.add_argument("--run-dir", required=True, metavar="DIR")
-    t.add_argument("--max-steps", type=int, help="override train.max_steps")
+    t.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint")
-    t.add_argument("--nproc", type=int, default=1, help="local processes / Ray Train workers (gloo on CPU, NCCL on GPU)")
+    t.add_argument("--nproc", type=positive_int, default=1, help="local processes / Ray Train workers (gloo on CPU, NCCL on GPU)")
     t.add_argument("--ray", action="store_true",
                    help="run the learners under Ray Train (local Ray, or ray.address=auto for a cluster); "
                    "a dead worker restarts the group from the latest checkpoint (ray.max_failures)")
@@ -94,7 +98,7 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     e.add_argument("--run-dir", required=True, metavar="DIR")
     e.add_argument("--out", required=True, metavar="DIR")
     e.add_argument("--ema", action="store_true", help="export the EMA weights")
-    e.add_argument("--step", type=int, help="a specific checkpoint step (default: latest)")
+    e.add_argument("--step", type=nonneg_int, help="a specific checkpoint step (default: latest)")
     e.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="stored weight type (default float32); float16 halves the file, loading casts back")
     e.set_defaults(func=cmd_export)

@@ -9,6 +9,7 @@ coerced to the field's declared type — so PyYAML's `1e-4`-is-a-string quirk ca
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -72,16 +73,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             f = float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if not f.is_integer():
+        if not math.isfinite(f) or not f.is_integer():
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # no setting means anything at nan or inf
+            raise ConfigError(f"{key}: must be finite, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

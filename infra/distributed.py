@@ -6,11 +6,15 @@ or an explicit address (or $RAY_ADDRESS) joins a running cluster instead.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError
+
+from .logs import ray_log_dir, reapply
 
 
 @dataclass
@@ -23,6 +27,9 @@ class RayConfig:
     # torch threads per Ray Train learner; 0 = Ray's default, one per reserved CPU (1). A lone learner on
     # a laptop may take every core (e.g. 2 on 2 cores: 1.6x faster teacher steps); cores are shared, not reserved.
     learner_threads: int = 0
+    # Ray workers' stdout/stderr on this console. Off: they stay in Ray's session logs (printed path),
+    # and the console keeps the stage lines; results and errors still come back to the driver.
+    log_to_driver: bool = False
 
     def validate(self, prefix: str = "ray") -> None:
         if self.num_cpus is not None and self.num_cpus <= 0:
@@ -44,9 +51,20 @@ def init_ray(cfg: RayConfig | None = None):
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=cfg.log_to_driver)
     else:
+        from .ray_reaper import forget_local_ray, reap_orphans, record_local_ray
+
+        reap_orphans()
+        # Token authentication is Ray's default for a local cluster; saying so explicitly keeps it
+        # and silences the notice Ray prints when the mode is left unset.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
                  object_store_memory=cfg.object_store_mb * 1024 * 1024, logging_level=logging.WARNING,
-                 configure_logging=True, log_to_driver=True)
+                 configure_logging=True, log_to_driver=cfg.log_to_driver)
+        record_local_ray()
+        atexit.register(forget_local_ray)  # LIFO: runs before Ray's own exit hook stops its processes
+    reapply()  # ray.init attached its console handlers
+    if not cfg.log_to_driver and ray_log_dir():
+        print(f"rollforge: Ray worker logs: {ray_log_dir()}", file=sys.stderr)
     return ray

@@ -98,6 +98,8 @@ class RunConfig:
             raise ConfigError(f"{prefix}.evaluate: seconds and chunk_seconds must be positive")
         if e.world_prompts < 0:
             raise ConfigError(f"{prefix}.evaluate.world_prompts: must be >= 0 (0 = use run.evaluate.prompts)")
+        if e.world_seed < 0:
+            raise ConfigError(f"{prefix}.evaluate.world_seed: must be >= 0")
         if not e.prompts and not e.world_prompts:
             raise ConfigError(f"{prefix}.evaluate.prompts: need at least one prompt")
         for stage in TRAIN_STAGES:

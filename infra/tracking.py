@@ -28,6 +28,8 @@ from training.config import TrackingConfig
 from .config import flatten, to_dict
 
 LOG = logging.getLogger("rollforge.tracking")
+# The experiment kind MLflow's UI reads to pick its view (values from MLflow 3's ExperimentKind).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_VALUE = 500  # MLflow's portable limit (servers before 2.x reject longer param values)
 MAX_TAG_VALUE = 5000
@@ -117,6 +119,9 @@ class Tracker:
             exp_id = exp.experiment_id
         else:
             exp_id = client.create_experiment(self.cfg.experiment, artifact_location=artifact_location(self.uri))
+        if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            # MLflow 3 opens an untagged experiment in its GenAI view (traces, judges); ours are training runs.
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         all_tags = {k: _truncate(str(v), MAX_TAG_VALUE) for k, v in tags.items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

@@ -63,7 +63,9 @@ class ModelConfig:
         _require(self.head_dim % 2 == 0, f"{prefix}.num_heads", f"head dim {self.head_dim} must be even for RoPE")
         # 3-D RoPE splits the head dim into (t, h, w) parts; each must hold at least one rotation pair.
         _require(self.head_dim // 6 >= 1, f"{prefix}.num_heads", f"head dim {self.head_dim} must be >= 6 for 3-D RoPE")
-        _require(self.freq_dim % 2 == 0, f"{prefix}.freq_dim", "must be even")
+        _require(self.freq_dim > 0 and self.freq_dim % 2 == 0, f"{prefix}.freq_dim", "must be positive and even")
+        _require(self.eps > 0, f"{prefix}.eps", "must be positive")
+        _require(self.rope_theta > 0, f"{prefix}.rope_theta", "must be positive")
         _require(self.prediction in PREDICTIONS, f"{prefix}.prediction",
                  f"unknown {self.prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
@@ -97,6 +99,8 @@ class CodecConfig:
                  f"unknown codec {self.kind!r}; valid: 'pixel', 'wan_vae'")
         _require(self.spatial_factor > 0, f"{prefix}.spatial_factor", "must be positive")
         _require(self.temporal_factor > 0, f"{prefix}.temporal_factor", "must be positive")
+        _require(self.vae_dim > 0, f"{prefix}.vae_dim", "must be positive")
+        _require(self.z_dim > 0, f"{prefix}.z_dim", "must be positive")
         if self.kind == "wan_vae":
             _require(self.spatial_factor == 8, f"{prefix}.spatial_factor", "the Wan VAE downsamples by exactly 8")
             _require(self.temporal_factor == 4, f"{prefix}.temporal_factor", "the Wan VAE downsamples time by exactly 4")
@@ -231,6 +235,7 @@ class RuntimeConfig:
         _require(self.dtype in DTYPES, f"{prefix}.dtype", f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         _require(self.attention in ("auto", "sdpa", "flash"), f"{prefix}.attention",
                  f"unknown backend {self.attention!r}; valid: auto, sdpa, flash")
+        _require(self.seed >= 0, f"{prefix}.seed", "must be >= 0")
 
 
 @dataclass

@@ -17,22 +17,16 @@ from pipeline.config import ModelConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def layout_path() -> Path | None:
-    """wan2.1_layout.json: $ROLLFORGE_LAYOUT_JSON, else ../shared/reference beside the checkout."""
+def layout_path() -> Path:
+    """wan2.1_layout.json: $ROLLFORGE_LAYOUT_JSON, else the copy in tests/fixtures (Wan2.1's parameter
+    names -> shapes for the 1.3B and 14B DiT and the VAE, instantiated on the meta device)."""
     env = os.environ.get("ROLLFORGE_LAYOUT_JSON")
-    for p in ([Path(env)] if env else []) + [REPO.parent / "shared/reference/wan2.1_layout.json",
-                                             REPO / "shared/reference/wan2.1_layout.json"]:
-        if p.is_file():
-            return p
-    return None
+    return Path(env) if env else REPO / "tests/fixtures/wan2.1_layout.json"
 
 
 @pytest.fixture(scope="session")
 def wan_layout() -> dict:
-    p = layout_path()
-    if p is None:
-        pytest.skip("wan2.1_layout.json not found (set ROLLFORGE_LAYOUT_JSON)")
-    return json.loads(p.read_text())
+    return json.loads(layout_path().read_text())
 
 
 @pytest.fixture
@@ -53,3 +47,22 @@ def rollforge(*args, check: bool = True, timeout: int = 300) -> subprocess.Compl
     if check and proc.returncode != 0:
         raise AssertionError(f"rollforge {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+TINY_LATENT_CLIPS = 4  # world videos of 1.5 s in `tiny_latents`
+
+
+@pytest.fixture(scope="session")
+def tiny_latents(tmp_path_factory) -> Path:
+    """ROOT/latents: 4 world clips of 1.5 s at configs/tiny.yaml's size, in shards of 2, seed 0.
+
+    Building latents runs the whole data path (procedural world videos -> webdataset shards -> Ray Data
+    precompute with the real codec and MiniLM), about a minute on 2 cores, so the integration modules
+    that train share one set per session. They only read it; tests that need altered shards copy them.
+    """
+    from data.synthetic import world_latents
+    from infra.config import load_config
+    from infra.schema import Config
+
+    return world_latents(load_config(Config, REPO / "configs/tiny.yaml"), tmp_path_factory.mktemp("tiny_latents"),
+                         count=TINY_LATENT_CLIPS, seed=0, workers=2)

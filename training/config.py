@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from pipeline.config import ConfigError
 
+from .lr_schedule import DECAYS
+
 STAGES = ("teacher", "ode_init", "distill")
 # The reference rolls out 21-27 latent frames over a 21-frame context: up to 2 blocks beyond it.
 EXTRA_ROLLOUT_BLOCKS = 2
@@ -29,12 +31,22 @@ class OptimConfig:
     weight_decay: float = 0.01
     eps: float = 1.0e-8
     warmup_steps: int = 0
+    decay: str = "constant"  # constant | cosine | linear (training.lr_schedule)
+    decay_start: int = 0  # optimizer step the decay starts at
+    decay_steps: int = 0  # steps from decay_start to the floor lr * min_lr_ratio
+    min_lr_ratio: float = 0.0
 
     def validate(self, prefix: str) -> None:
         _need(self.lr > 0, f"{prefix}.lr", "must be positive")
         _need(all(0 <= b < 1 for b in self.betas), f"{prefix}.betas", f"each must be in [0, 1), got {self.betas}")
         _need(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
         _need(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0")
+        _need(self.eps > 0, f"{prefix}.eps", "must be positive")
+        _need(self.decay in DECAYS, f"{prefix}.decay", f"must be one of {DECAYS}, got {self.decay!r}")
+        _need(self.decay == "constant" or self.decay_steps > 0, f"{prefix}.decay_steps",
+              f"must be > 0 with decay {self.decay!r}")
+        _need(self.decay_start >= 0, f"{prefix}.decay_start", "must be >= 0")
+        _need(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", "must be in [0, 1]")
 
 
 @dataclass
@@ -80,6 +92,9 @@ class TrainConfig:
         _need(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
         _need(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 disables clipping)")
         _need(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", "must be in [0, 1)")
+        _need(self.ema_start >= 0, f"{prefix}.ema_start", "must be >= 0")
+        _need(self.guidance_scale >= 0, f"{prefix}.guidance_scale", "must be >= 0 (1 = no classifier-free guidance)")
+        _need(self.seed >= 0, f"{prefix}.seed", "must be >= 0")
         _need(0 <= self.text_dropout < 1, f"{prefix}.text_dropout", f"must be in [0, 1), got {self.text_dropout}")
         _need(0 <= self.p_self_forcing <= 1, f"{prefix}.p_self_forcing", "must be in [0, 1]")
         _need(0 <= self.dmd_min_t < self.dmd_max_t <= 1000, f"{prefix}.dmd_min_t",

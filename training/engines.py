@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .config import OptimConfig, TrainConfig
+from .lr_schedule import lr_factor
 
 
 def deepspeed_config(train: TrainConfig, dtype: torch.dtype) -> dict:
@@ -35,16 +36,24 @@ def make_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
                              weight_decay=optim.weight_decay)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
+    """LambdaLR over `training.lr_schedule.lr_factor`, or None for a constant rate without warmup."""
+    if optim.warmup_steps == 0 and optim.decay == "constant":
+        return None
+    # A plain closure: LambdaLR then checkpoints only its step count, so a resumed run follows the
+    # schedule of the config it resumes with (e.g. a constant-rate run resumed into a decay).
+    sched = dict(warmup_steps=optim.warmup_steps, decay=optim.decay, decay_start=optim.decay_start,
+                 decay_steps=optim.decay_steps, min_lr_ratio=optim.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, **sched))
+
+
 def build_engine(model: nn.Module, optim: OptimConfig, train: TrainConfig, dtype: torch.dtype):
     """Wrap `model` in a DeepSpeed engine (its optimizer steps every `grad_accum` micro-steps)."""
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
-    scheduler = None
     optimizer = make_optimizer(params, optim)
-    if optim.warmup_steps > 0:
-        warm = optim.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
+    scheduler = make_scheduler(optimizer, optim)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(train, dtype))
     return engine

@@ -11,9 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data.synthetic import world_latents
-from infra.config import load_config
-from infra.schema import Config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs/tiny.yaml")
@@ -21,8 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    return world_latents(load_config(Config, TINY), tmp_path_factory.mktemp("data"), seed=1, workers=2)
+def latents(tiny_latents):
+    """Procedural world videos -> shards -> latents + MiniLM text (the real data path; conftest)."""
+    return tiny_latents
 
 
 def ray_train(run_dir, latents, env=None):

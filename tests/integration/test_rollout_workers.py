@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data.synthetic import world_latents
 from infra.config import load_config
 from infra.schema import Config
 from pipeline.networks.checkpoints import save_weights
@@ -26,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    return world_latents(load_config(Config, TINY), tmp_path_factory.mktemp("data"), seed=2)
+def latents(tiny_latents):
+    """Procedural world videos -> shards -> latents + MiniLM text (the real data path; conftest)."""
+    return tiny_latents
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,11 @@ def test_pipeline_end_to_end_then_skips_then_reruns_only_what_changed(tmp_path):
     assert sorted(m.step for m in curve) == [0, 1]  # 6 blocks = 18 frames: a 1 s chunk and a partial one
     assert (run_dir / "eval/plots/world_pass_rate.png").is_file() and (run_dir / "eval/plots/strip_rolling.png").is_file()
     assert "report:" in first and "world checks" in first
+    # library chatter stays in the run's log files; the console keeps the stage lines (issue 14)
+    for chatter in ("PlacementGroupCleaner", "Token authentication", "RayDeprecationWarning", "Progress bars disabled",
+                    "RayTrainWorker", "real_accelerator", "streaming_executor", "mlflow.store.db"):
+        assert chatter not in first, chatter
+    assert (run_dir / "logs/libraries.log").is_file() and "Ray workers: /" in first
     assert runs["shard"][0].data.metrics["videos_ok"] == 4
     export_run = runs["export"][0]
     assert {a.path for a in client.list_artifacts(export_run.info.run_id, "model")} >= {

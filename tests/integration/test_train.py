@@ -11,7 +11,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from data.synthetic import world_latents
 from infra.config import load_config
 from infra.schema import Config
 
@@ -30,9 +29,9 @@ def rollforge(*args, env=None, check=True):
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
-    """Procedural world videos -> shards -> latents + MiniLM text (the real data path)."""
-    return world_latents(load_config(Config, TINY), tmp_path_factory.mktemp("data"), seed=0)
+def latents(tiny_latents):
+    """Procedural world videos -> shards -> latents + MiniLM text (the real data path; conftest)."""
+    return tiny_latents
 
 
 def train(run_dir, stage, latents, *over, nproc=2, steps=4, env=None, check=True, resume=False):
@@ -53,10 +52,14 @@ def exported(run_dir, out, ema=False):
     return load_file(str(Path(out) / "model.safetensors"))
 
 
+TEACHER = ("train.zero_stage=2", "train.text_dropout=0.5")  # caption-dropout draws must resume too
+
+
 @pytest.fixture(scope="module")
 def teacher(latents, tmp_path_factory):
+    """6 steps, 2 ranks: the teacher of the stage tests and the uninterrupted run of the resume test."""
     run = tmp_path_factory.mktemp("teacher")
-    train(run, "teacher", latents, "train.zero_stage=2", steps=6)
+    train(run, "teacher", latents, *TEACHER, steps=6)
     return run
 
 
@@ -136,9 +139,8 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(latents, tmp_path):
     assert sum(values[-8:]) / 8 < 0.7 * sum(values[:8]) / 8, values  # fresh noise and t every step
 
 
-def test_resume_is_bit_identical_and_survives_a_crash_mid_save(latents, tmp_path):
-    over = ("train.zero_stage=2", "train.text_dropout=0.5")  # caption-dropout draws must resume too
-    train(tmp_path / "straight", "teacher", latents, *over, steps=6)
+def test_resume_is_bit_identical_and_survives_a_crash_mid_save(teacher, latents, tmp_path):
+    over = TEACHER
     # stopped at 3, resumed to 6
     train(tmp_path / "resumed", "teacher", latents, *over, steps=3)
     train(tmp_path / "resumed", "teacher", latents, *over, steps=6, resume=True)
@@ -148,11 +150,11 @@ def test_resume_is_bit_identical_and_survives_a_crash_mid_save(latents, tmp_path
     assert crashed.returncode != 0
     assert (tmp_path / "crash/checkpoints/latest").read_text() == "step_000003"
     train(tmp_path / "crash", "teacher", latents, *over, steps=6, resume=True)
-    ref = exported(tmp_path / "straight", tmp_path / "e1")
+    ref = exported(teacher, tmp_path / "e1")
     for other in ("resumed", "crash"):
         got = exported(tmp_path / other, tmp_path / f"e_{other}")
         assert all(torch.equal(ref[k], got[k]) for k in ref), other
-        ema_ref = load_file(str(tmp_path / "straight/checkpoints/step_000006/ema.safetensors"))
+        ema_ref = load_file(str(teacher / "checkpoints/step_000006/ema.safetensors"))
         ema_got = load_file(str(tmp_path / other / "checkpoints/step_000006/ema.safetensors"))
         assert all(torch.equal(ema_ref[k], ema_got[k]) for k in ema_ref), other
     assert not list((tmp_path / "crash/checkpoints").glob("*.partial"))
@@ -176,3 +178,15 @@ def test_non_finite_losses_are_skipped_then_abort_without_checkpoint(latents, tm
     proc = train(tmp_path / "run", "teacher", bad, "train.max_nonfinite=3", nproc=1, steps=6, check=False)
     assert proc.returncode != 0 and "non-finite losses in a row" in proc.stderr
     assert not (tmp_path / "run/checkpoints").exists() or not list((tmp_path / "run/checkpoints").glob("step_*"))
+
+
+def test_a_rank_error_under_nproc_is_one_clear_line_last(tmp_path):
+    """Both ranks fail on the missing latents: one clear line ends stderr, with the CLI's exit code."""
+    proc = rollforge("train", "--config", TINY, "--stage", "teacher", "--run-dir", str(tmp_path / "run"),
+                     "--nproc", "2", "--max-steps", "1", f"data.latents={tmp_path / 'none'}",
+                     "tracking.enabled=false", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("rollforge: error: data.latents=") and "no latent shards" in lines[-1]
+    assert sum(line.startswith("rollforge: error") for line in lines) == 1
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr

@@ -61,6 +61,24 @@ BAD = [
     (["train.text_dropout=1.0"], "train.text_dropout"),
     (["model.prediction=eps"], "model.prediction"),  # no caption would ever be seen
     (["stream.reference_compat=true", "stream.sink_blocks=2"], "stream.reference_compat"),  # its sink is 1 block
+    (["train.generator.decay=step"], "train.generator.decay"),
+    (["train.generator.decay=cosine"], "train.generator.decay_steps"),  # a decay needs a length
+    (["train.critic.min_lr_ratio=2"], "train.critic.min_lr_ratio"),
+    # numeric ranges (issue 14): each value below used to be accepted
+    (["model.freq_dim=0"], "model.freq_dim"),
+    (["model.eps=0"], "model.eps"),
+    (["model.rope_theta=-1"], "model.rope_theta"),
+    (["codec.z_dim=0"], "codec.z_dim"),
+    (["runtime.seed=-1"], "runtime.seed"),
+    (["data.seed=-1"], "data.seed"),
+    (["train.seed=-1"], "train.seed"),
+    (["train.ema_start=-1"], "train.ema_start"),
+    (["train.guidance_scale=-1"], "train.guidance_scale"),
+    (["train.generator.eps=0"], "train.generator.eps"),
+    (["train.generator.lr=nan"], "train.generator.lr"),  # no float setting means anything at nan or inf
+    (["sampler.guidance_scale=inf"], "sampler.guidance_scale"),
+    (["run.evaluate.seconds=nan"], "run.evaluate.seconds"),
+    (["run.evaluate.world_seed=-1"], "run.evaluate.world_seed"),
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ORDER = ["pipeline", "data", "training", "evaluation", "infra"]
 # infra's low-level helpers every layer may use
-SHARED = {"infra.config", "infra.tracking", "infra.distributed"}
+SHARED = {"infra.config", "infra.tracking", "infra.distributed", "infra.logs"}
 
 
 def imports_of(path: Path, package: str) -> set[str]:

@@ -41,7 +41,9 @@ def test_logs_params_metrics_artifacts_tags_and_resumes(tmp_path, caplog):
     client = _client(tr.uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "teacher"
-    assert client.get_experiment(run.info.experiment_id).name == "unit"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "unit"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # `mlflow ui` opens the runs view
     p = run.data.params
     assert len(p) == len(flatten(params)) > 100
     assert p["model.dim"] == "64" and p["train.stage"] == "teacher" and p["extra.k29"] == "29"
@@ -119,3 +121,13 @@ def test_unreachable_server_warns_once_and_never_raises(tmp_path, caplog):
     assert len(mine) == 1, [r.getMessage() for r in mine]
     assert "http://127.0.0.1:9" in mine[0].getMessage() and "disabled" in mine[0].getMessage()
     assert tr.run_id is None
+
+
+def test_an_existing_experiment_gets_the_training_kind(tmp_path):
+    """An experiment made elsewhere (MLflow infers GenAI for untagged ones) is tagged when we log to it."""
+    uri = f"sqlite:///{(tmp_path / 'run').resolve()}/mlflow.db"
+    (tmp_path / "run").mkdir()
+    exp_id = _client(uri).create_experiment("made-before")
+    Tracker(TrackingConfig(experiment="made-before"), tmp_path / "run", "teacher").close()
+    assert _client(uri).get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+

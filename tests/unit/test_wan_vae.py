@@ -7,19 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import layout_path
 import torch
 from safetensors.torch import save_file
 
 from pipeline.networks.wan_vae import WAN_LATENT_MEAN, WAN_LATENT_STD, WanVAE, load_wan_vae
 
 ATOL = 1e-5
-
-
-def _layout_path() -> Path:
-    env = os.environ.get("ROLLFORGE_LAYOUT_JSON")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared/reference/wan2.1_layout.json"
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -50,10 +44,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
 
 
 def test_full_size_layout_matches_wan_checkpoint():
-    path = _layout_path()
-    if not path.is_file():
-        pytest.skip(f"layout reference {path} not found (set ROLLFORGE_LAYOUT_JSON)")
-    ref = json.loads(path.read_text())["vae"]
+    ref = json.loads(layout_path().read_text())["vae"]
     with torch.device("meta"):
         model = WanVAE(dim=96, z_dim=16)
     got = {k: list(v.shape) for k, v in model.state_dict().items()}

@@ -1,0 +1,45 @@
+"""training.lr_schedule: warmup, then constant or a decay with its own start (pure function)."""
+
+import math
+
+import pytest
+import torch
+
+from training.lr_schedule import lr_factor
+
+
+def test_warmup_then_constant():
+    assert lr_factor(0, warmup_steps=4) == 0.25 and lr_factor(3, warmup_steps=4) == 1.0
+    assert lr_factor(10_000) == 1.0
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_decay_starts_at_its_step_and_holds_the_floor(decay):
+    f = [lr_factor(s, decay=decay, decay_start=100, decay_steps=200, min_lr_ratio=0.1) for s in range(400)]
+    assert f[:101] == [1.0] * 101  # constant up to and including the start
+    assert all(a >= b for a, b in zip(f[100:], f[101:]))  # then never rises
+    assert math.isclose(f[200], 0.55)  # half way: the cosine and the line cross
+    assert f[300:] == [pytest.approx(0.1)] * 100
+
+
+def test_scheduler_follows_the_config_it_resumes_with():
+    """A constant-rate run's scheduler state resumed under a decay takes the decay from its step on."""
+    from training.config import OptimConfig
+    from training.engines import make_optimizer, make_scheduler
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    assert make_scheduler(make_optimizer(p, OptimConfig(lr=1.0)), OptimConfig(lr=1.0)) is None
+    warm = OptimConfig(lr=1.0, warmup_steps=10)
+    opt = make_optimizer(p, warm)
+    const = make_scheduler(opt, warm)
+    for _ in range(5):
+        opt.step()
+        const.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.6)
+    decay = OptimConfig(lr=1.0, warmup_steps=10, decay="linear", decay_start=5, decay_steps=10)
+    opt2 = make_optimizer(p, decay)
+    resumed = make_scheduler(opt2, decay)
+    resumed.load_state_dict(const.state_dict())
+    opt2.step()
+    resumed.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.7 * 0.9)  # warmup 7/10 x linear decay at 1 of 10
