@@ -56,9 +56,6 @@ def init_ray(cfg: RayConfig | None = None):
         from .ray_reaper import forget_local_ray, reap_orphans, record_local_ray
 
         reap_orphans()
-        # Token authentication is Ray's default for a local cluster; saying so explicitly keeps it
-        # and silences the notice Ray prints when the mode is left unset.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, dashboard_host="127.0.0.1",
                  object_store_memory=cfg.object_store_mb * 1024 * 1024, logging_level=logging.WARNING,
                  configure_logging=True, log_to_driver=cfg.log_to_driver)
