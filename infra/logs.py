@@ -2,11 +2,12 @@
 
 Ray, Ray Data / Train, MLflow, DeepSpeed and Python warnings log to console handlers of their own,
 some attached only when first used (DeepSpeed's and Ray Data's on import, Ray's on `ray.init`).
-`route_library_logs(DIR)` puts a filter on each library logger: every record is written to
-DIR/logs/libraries.log, and only records at ERROR or above go on to the library's own handlers (a real
-failure is never hidden). A filter on a logger outlives the handlers a library attaches later; loggers
-a library creates later get theirs from `reapply()`, called after Ray starts and after Ray Data is
-first used. Worker processes' output stays in Ray's session logs (`ray.log_to_driver: false`, the
+`route_library_logs(DIR)` puts a filter on each library logger and on its console handlers: every
+record is written to DIR/logs/libraries.log, and only records at ERROR or above go on to the console
+(a real failure is never hidden). A filter on a logger outlives the handlers a library attaches to it
+later; one on a handler also catches the records of child loggers created later (Ray Data creates its
+executor's on first use). `reapply()`, called after Ray starts and after Ray Data is imported,
+covers the loggers and handlers created since. Worker processes' output stays in Ray's session logs (`ray.log_to_driver: false`, the
 default); `ray_log_dir()` says where.
 """
 
@@ -21,14 +22,15 @@ LOG_FILE = "libraries.log"
 
 
 class _ToFile(logging.Filter):
-    """A logger filter: the record goes to the file; only errors continue to the logger's handlers."""
+    """On a logger or a console handler: the record goes to the file (once); only errors pass on."""
 
     def __init__(self, handler: logging.Handler):
         super().__init__()
         self.handler = handler
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= self.handler.level:
+        if not getattr(record, "_rollforge_filed", False):
+            record._rollforge_filed = True
             self.handler.handle(record)
         return record.levelno >= logging.ERROR
 
@@ -48,10 +50,15 @@ def reapply() -> None:
         return
     for name in set(LIBRARIES) | {n for n in list(logging.Logger.manager.loggerDict) if _library(n)}:
         logger = logging.getLogger(name)
-        for old in [f for f in logger.filters if isinstance(f, _ToFile) and f is not _Route.filter]:
-            logger.removeFilter(old)
-        if _Route.filter not in logger.filters:
-            logger.addFilter(_Route.filter)
+        # On the logger for records logged there; on its console handlers for records that a child
+        # created later propagates up to them (a logger's filters only see its own records).
+        consoles = [h for h in logger.handlers
+                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for target in (logger, *consoles):
+            for old in [f for f in target.filters if isinstance(f, _ToFile) and f is not _Route.filter]:
+                target.removeFilter(old)
+            if _Route.filter not in target.filters:
+                target.addFilter(_Route.filter)
 
 
 def route_library_logs(run_dir: str | Path) -> Path:
@@ -71,7 +78,9 @@ def unroute() -> None:
     """Undo `route_library_logs` (library records reach their own handlers again)."""
     if _Route.filter is not None:
         for name in set(LIBRARIES) | {n for n in list(logging.Logger.manager.loggerDict) if _library(n)}:
-            logging.getLogger(name).removeFilter(_Route.filter)
+            logger = logging.getLogger(name)
+            for target in (logger, *logger.handlers):
+                target.removeFilter(_Route.filter)
         _Route.filter.handler.close()
     _Route.path, _Route.filter = None, None
     logging.captureWarnings(False)

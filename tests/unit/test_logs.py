@@ -34,6 +34,8 @@ def test_library_chatter_goes_to_the_file_errors_to_both(routed, tmp_path):
     data = _console("ray.data.test_logs")
     reapply()
     logging.getLogger("ray.data.test_logs").info("Starting execution of Dataset")
+    # a child created after reapply propagates to its parent's console handler (Ray Data's executor)
+    logging.getLogger("ray.data.test_logs.executor").warning("Execution plan of Dataset")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("`ray_remote_args` is deprecated", DeprecationWarning, stacklevel=1)
@@ -41,7 +43,9 @@ def test_library_chatter_goes_to_the_file_errors_to_both(routed, tmp_path):
     logging.getLogger("rollforge.test_logs").info("teacher: done")
     text = path.read_text()
     assert path == (tmp_path / "run/logs/libraries.log").resolve()
-    for line in ("Setting accelerator to CPU", "a real failure", "Starting execution of Dataset", "ray_remote_args"):
+    for line in ("Setting accelerator to CPU", "a real failure", "Starting execution of Dataset", "ray_remote_args",
+                 "Execution plan of Dataset"):
         assert line in text, line
     assert ds.getvalue() == "a real failure\n" and data.getvalue() == ""
+    assert text.count("a real failure") == 1  # filed once, though both the logger and its handler filter
     assert ours.getvalue() == "teacher: done\n" and "teacher: done" not in text
