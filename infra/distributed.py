@@ -48,6 +48,7 @@ def init_ray(cfg: RayConfig | None = None):
 
     if ray.is_initialized():
         return ray
+    reapply()  # Ray attaches its console handler on import
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -97,6 +97,10 @@ class Tracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        from .logs import reapply
+
+        reapply()  # MLflow attaches its console handler on import
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=self.uri)
         id_file = self.run_dir / RUN_ID_FILE
