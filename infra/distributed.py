@@ -63,6 +63,7 @@ def init_ray(cfg: RayConfig | None = None):
         record_local_ray()
         atexit.register(forget_local_ray)  # LIFO: runs before Ray's own exit hook stops its processes
     reapply()  # ray.init attached its console handlers
-    if not cfg.log_to_driver and ray_log_dir():
-        print(f"rollforge: Ray worker logs: {ray_log_dir()}", file=sys.stderr)
+    logs = None if cfg.log_to_driver else ray_log_dir()
+    if logs:
+        print(f"rollforge: Ray worker logs: {logs}", file=sys.stderr)
     return ray

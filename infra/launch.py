@@ -58,12 +58,13 @@ def launch_ranks(args: list[str], nproc: int) -> int:
                    ERROR_FILE_ENV: str(Path(tmp) / f"rank{rank}.err")}
             env.setdefault("OMP_NUM_THREADS", threads)  # N ranks share the cores, as under torchrun
             procs.append(subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env))
-        failed: tuple[int, int] | None = None
         try:
-            while failed is None and any(p.poll() is None for p in procs):
+            while True:
+                running = [p.poll() is None for p in procs]  # poll() sets returncode
                 failed = next(((r, p.returncode) for r, p in enumerate(procs) if p.returncode), None)
+                if failed is not None or not any(running):
+                    break
                 time.sleep(POLL_S)
-            failed = failed or next(((r, p.returncode) for r, p in enumerate(procs) if p.returncode), None)
         except KeyboardInterrupt:
             _stop(procs)
             return 130

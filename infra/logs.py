@@ -7,8 +7,8 @@ record is written to DIR/logs/libraries.log, and only records at ERROR or above 
 (a real failure is never hidden). A filter on a logger outlives the handlers a library attaches to it
 later; one on a handler also catches the records of child loggers created later (Ray Data creates its
 executor's on first use). `reapply()`, called after Ray starts and after Ray Data is imported,
-covers the loggers and handlers created since. Worker processes' output stays in Ray's session logs (`ray.log_to_driver: false`, the
-default); `ray_log_dir()` says where.
+covers the loggers and handlers created since. Worker processes' output stays in Ray's session logs
+(`ray.log_to_driver: false`, the default); `ray_log_dir()` says where.
 """
 
 from __future__ import annotations
@@ -40,16 +40,18 @@ class _Route:
     filter: _ToFile | None = None
 
 
-def _library(name: str) -> bool:
-    return any(name == lib or name.startswith(lib + ".") for lib in LIBRARIES)
+def _library_loggers() -> list[logging.Logger]:
+    """The top-level library loggers and every child of one that exists so far."""
+    names = {n for n in list(logging.Logger.manager.loggerDict)
+             if any(n == lib or n.startswith(lib + ".") for lib in LIBRARIES)}
+    return [logging.getLogger(n) for n in set(LIBRARIES) | names]
 
 
 def reapply() -> None:
     """Filter the library loggers created since `route_library_logs`; no-op when not routed."""
     if _Route.filter is None:
         return
-    for name in set(LIBRARIES) | {n for n in list(logging.Logger.manager.loggerDict) if _library(n)}:
-        logger = logging.getLogger(name)
+    for logger in _library_loggers():
         # On the logger for records logged there; on its console handlers for records that a child
         # created later propagates up to them (a logger's filters only see its own records).
         consoles = [h for h in logger.handlers
@@ -77,8 +79,7 @@ def route_library_logs(run_dir: str | Path) -> Path:
 def unroute() -> None:
     """Undo `route_library_logs` (library records reach their own handlers again)."""
     if _Route.filter is not None:
-        for name in set(LIBRARIES) | {n for n in list(logging.Logger.manager.loggerDict) if _library(n)}:
-            logger = logging.getLogger(name)
+        for logger in _library_loggers():
             for target in (logger, *logger.handlers):
                 target.removeFilter(_Route.filter)
         _Route.filter.handler.close()
