@@ -1,6 +1,6 @@
 """Prompt-only datasets: DMD distillation needs text conditions, not videos.
 
-`read_prompts` reads a `.txt` (one prompt per line) or `.jsonl` file; `embed_prompts` runs a frozen
+`read_prompts` reads a `.txt` (one prompt per line), `.jsonl` or `.csv` file; `embed_prompts` runs a frozen
 text encoder once and stores the token-level context next to the prompt texts; `PromptDataset`
 serves `(prompt, embedding [L, D])` pairs back with a deterministic shuffled order per epoch.
 
@@ -18,6 +18,7 @@ with the safetensors metadata is complete.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -51,18 +52,23 @@ def _dtype_name(dtype: str | torch.dtype) -> str:
 
 
 def read_prompts(path: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
-    """Prompts from `.txt` (one per non-empty line, lines starting with `#` ignored) or `.jsonl`
-    (the first non-empty string among the fields `prompt`, `caption`, `text` of each object).
+    """Prompts from `.txt` (one per non-empty line, lines starting with `#` ignored), `.jsonl`
+    (the first non-empty string among the fields `prompt`, `caption`, `text` of each object) or
+    `.csv` (with a header: the first of those columns present, else the first column).
 
     Returns (prompts, counts) with counts = {"prompts", "blank", "comments", "bad"}; `bad` counts
     JSONL lines that are not valid JSON, not an object, or hold no usable text field (skipped).
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".txt", ".jsonl"):
-        raise ValueError(f"{path}: prompt files are .txt (one per line) or .jsonl, got {suffix or 'no suffix'!r}")
-    prompts: list[str] = []
+    if suffix not in (".txt", ".jsonl", ".csv"):
+        raise ValueError(f"{path}: prompt files are .txt (one per line), .jsonl or .csv, got {suffix or 'no suffix'!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such prompt file")
     counts = {"prompts": 0, "blank": 0, "comments": 0, "bad": 0}
+    if suffix == ".csv":
+        return _read_csv(path, counts)
+    prompts: list[str] = []
     with open(path, encoding="utf-8") as f:
         for raw in f:
             line = raw.strip()
@@ -80,6 +86,24 @@ def read_prompts(path: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
                 counts["bad"] += 1
             else:
                 prompts.append(text)
+    counts["prompts"] = len(prompts)
+    return prompts, counts
+
+
+def _read_csv(path: Path, counts: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    prompts: list[str] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if not fields:
+            raise ValueError(f"{path}: an empty CSV (a header row naming a prompt column is required)")
+        column = next((c for c in TEXT_FIELDS if c in fields), fields[0])
+        for row in reader:
+            text = (row.get(column) or "").strip()
+            if text:
+                prompts.append(text)
+            else:
+                counts["blank"] += 1
     counts["prompts"] = len(prompts)
     return prompts, counts
 

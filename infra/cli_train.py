@@ -64,13 +64,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
-    out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config, dtype=args.dtype)
+    out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config, dtype=args.dtype,
+                            format=args.format)
     run_cfg = load_config(Config, Path(args.run_dir) / "config.resolved.yaml")
     if run_cfg.tracking.enabled and (Path(args.run_dir) / "mlflow_run_id").is_file():
         from .tracking import Tracker
 
         with Tracker(run_cfg.tracking, Path(args.run_dir), run_name=run_cfg.train.stage) as tracker:
             tracker.log_artifacts(out, "export_ema" if args.ema else "export")
+    if args.format == "diffusers":
+        print(f"exported {'EMA ' if args.ema else ''}weights to {out} as a diffusers WanTransformer3DModel folder "
+              f"(rollforge import --from diffusers --input {out} --out DIR turns it back into a Wan-layout export)")
+        return 0
     print(f"exported {'EMA ' if args.ema else ''}weights to {out} "
           f"(rollforge generate --config {Path(args.run_dir) / 'config.resolved.yaml'} --checkpoint {out} --prompt ...)")
     return 0
@@ -101,4 +106,8 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     e.add_argument("--step", type=nonneg_int, help="a specific checkpoint step (default: latest)")
     e.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="stored weight type (default float32); float16 halves the file, loading casts back")
+    e.add_argument("--format", default="wan", choices=("wan", "diffusers"),
+                   help="wan (default): model.safetensors in Wan's key layout + config.json, what `generate` loads; "
+                   "diffusers: a WanTransformer3DModel folder (diffusion_pytorch_model.safetensors + its "
+                   "config.json, ours kept under `_rollforge` for `rollforge import --from diffusers`)")
     e.set_defaults(func=cmd_export)

@@ -13,6 +13,7 @@ The pool is closed after `fit`, also when it fails.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -57,6 +58,7 @@ def _worker(config: dict) -> None:
 def train_with_ray(cfg: Config, run_dir: str | Path, num_workers: int):
     """Run `cfg.train.stage` on `num_workers` Ray Train workers (+ rollout workers); returns Ray's Result."""
     run_dir = Path(run_dir).resolve()
+    cfg = _embedded_prompts(cfg, run_dir)
     init_ray(cfg.ray)
     gpu = cfg.runtime.device == "cuda"
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -69,6 +71,18 @@ def train_with_ray(cfg: Config, run_dir: str | Path, num_workers: int):
     if pool is not None and pool.error is not None:
         raise pool.error
     return result
+
+
+def _embedded_prompts(cfg: Config, run_dir: Path) -> Config:
+    """Prompt-only data is embedded here, once, before any learner or rollout actor reads it: they
+    all get data.prompts pointing at the embedded set (RUN/prompts/<stem>)."""
+    if not cfg.data.prompts or cfg.train.stage == "teacher":
+        return cfg
+    from data.prompt_set import embed_prompt_source
+
+    out = copy.deepcopy(cfg)
+    out.data.prompts = str(embed_prompt_source(cfg.data.prompts, cfg.text, run_dir / "prompts"))
+    return out
 
 
 def _start_rollouts(cfg: Config, run_dir: Path):

@@ -35,6 +35,8 @@ import torch
 from ray.util.queue import Empty, Full, Queue
 
 from data.loader import ShardLoader, latent_decoder, latent_urls
+from data.prompt_set import PromptLoader, prompt_dir
+from data.prompts import PromptDataset
 from pipeline.config import latent_hw
 from pipeline.generator import DTYPES, resolve_device
 from pipeline.networks.checkpoints import load_weights
@@ -45,6 +47,7 @@ from pipeline.windows import ContextRule
 from training.history import History, generate_history
 from training.ode import make_ode_pairs, save_pairs
 from training.ode_parts import complete_parts, part_path, write_marker
+from training.roles import role_model
 
 from .config import from_dict, to_dict
 from .distributed import init_ray
@@ -84,7 +87,14 @@ def _device_dtype(cfg: Config) -> tuple[torch.device, torch.dtype]:
 
 
 def _texts(cfg: Config, index: int, count: int) -> Iterator[torch.Tensor]:
-    """Prompt embeddings [1, L, D] from worker `index`'s share of the latent shards, forever."""
+    """Prompt embeddings [1, L, D] from worker `index`'s share of the latent shards (or of the embedded
+    prompt set, data.prompts), forever."""
+    if cfg.data.prompts:
+        directory = prompt_dir(cfg.data.prompts, None)  # the driver embedded it (infra.ray_train)
+        world = min(count, len(PromptDataset(directory)))
+        for batch in PromptLoader(directory, index % world, world, cfg.data.seed + index // world):
+            yield batch["text"][:1]
+        return
     urls = latent_urls(cfg.data.latents)
     world = min(count, len(urls))
     loader = ShardLoader(urls, index % world, world, num_workers=0, seed=cfg.data.seed + index // world,
@@ -216,7 +226,7 @@ class TeacherRolloutWorker:
         self.device, dtype = _device_dtype(self.cfg)
         if not self.cfg.train.teacher:
             raise ValueError("train.teacher: ode_init needs the teacher's weights (an export dir or .safetensors)")
-        self.teacher = build_dit(self.cfg.model, self.device, torch.float32)
+        self.teacher = build_dit(role_model(self.cfg, "teacher"), self.device, torch.float32)
         load_weights(self.teacher, self.cfg.train.teacher)
         self.teacher = self.teacher.to(dtype).eval().requires_grad_(False)
         self.dtype = dtype

@@ -63,6 +63,10 @@ class RunConfig:
     # weights: the teacher stage publishes it as RUN/teacher/export instead of training one (the demo
     # starts from models/world_teacher). Its model section must equal model.*.
     pretrained_teacher: str | None = None
+    # Prompt-only distillation, as the reference does (a .txt / .jsonl / .csv of prompts, no videos):
+    # becomes data.prompts, shard and precompute are dropped, and the teacher stage publishes
+    # pretrained weights (run.pretrained_teacher, else teacher_model.weights, else model.weights).
+    prompts: str | None = None
     ode_init: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
     evaluate: EvalStageConfig = field(default_factory=EvalStageConfig)
@@ -79,6 +83,12 @@ class RunConfig:
         if self.pretrained_teacher and self.teacher:
             raise ConfigError(f"{prefix}.pretrained_teacher: the teacher stage publishes it as is; remove "
                               f"{prefix}.teacher (train settings of a teacher that is not trained)")
+        if self.prompts and (self.videos or self.manifest or self.demo.world or self.demo.real):
+            raise ConfigError(f"{prefix}.prompts: a prompt-only run reads no videos; remove {prefix}.videos, "
+                              f"{prefix}.manifest and {prefix}.demo (or run.prompts)")
+        if self.prompts and self.teacher:
+            raise ConfigError(f"{prefix}.teacher: a prompt-only run cannot train a teacher (no videos); it "
+                              f"publishes pretrained weights (run.pretrained_teacher or teacher_model.weights)")
         if self.videos and (self.demo.world or self.demo.real):
             raise ConfigError(f"{prefix}.videos: give input videos or demo data (run.demo), not both")
         if self.learners < 1:

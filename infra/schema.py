@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from data.config import DataConfig
 from pipeline.config import GeneratorConfig
 from training.config import RolloutConfig, TrackingConfig, TrainConfig
+from training.roles import RoleModelConfig, check_roles
 
 from .distributed import RayConfig
 from .run_config import RunConfig
@@ -25,6 +26,10 @@ class OutputConfig:
 
 @dataclass
 class Config(GeneratorConfig):
+    # The frozen teacher's and the DMD critic's networks when they differ from the student's (model.*):
+    # unset fields inherit (training.roles), e.g. teacher_model.dim=5120 for the paper's 14B real score.
+    teacher_model: RoleModelConfig = field(default_factory=RoleModelConfig)
+    critic_model: RoleModelConfig = field(default_factory=RoleModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -42,6 +47,7 @@ class Config(GeneratorConfig):
         self.rollouts.validate("rollouts")
         self.run.validate("run")
         self.train.rollout_range(self.stream.context_blocks)
+        check_roles(self)
 
     @property
     def clip_frames(self) -> int:

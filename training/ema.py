@@ -1,7 +1,10 @@
-"""EMA of a DeepSpeed engine's weights that works under every ZeRO stage.
+"""EMA of a DeepSpeed engine's weights, sharded across ranks under every ZeRO stage.
 
-Each rank keeps the EMA of the parameter data it holds: the full tensor under ZeRO 0-2, its own
-flat partition (`param.ds_tensor`) under ZeRO-3, so memory scales like the model shards.
+Each rank keeps the fp32 EMA of one flat partition of every parameter: under ZeRO-3 the partition
+DeepSpeed gave it (`param.ds_tensor`), under ZeRO 0-2 (every rank holds the full parameter) the
+same layout cut from the full tensor, `flat[r*c : (r+1)*c]` with `c = ceil(numel / world)` (the
+last rank's part zero-padded). So the EMA costs 4 * params / world bytes per rank, not a full fp32
+copy on every rank (1.42 B params: 5.7 GB per rank before, 0.7 GB at 8 ranks now).
     ema <- decay * ema + (1 - decay) * param        (from `start_step`; before it, ema = param)
 `full_state_dict()` (a collective) reassembles full tensors in the Wan key layout on rank 0.
 """
@@ -13,21 +16,38 @@ import torch.distributed as torch_dist
 from torch import Tensor
 
 
-def _local(p) -> Tensor:
-    return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+def _rank_world() -> tuple[int, int]:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        return torch_dist.get_rank(), torch_dist.get_world_size()
+    return 0, 1
+
+
+def partition(flat: Tensor, rank: int, world: int) -> Tensor:
+    """Rank `rank`'s part of a flat tensor, ZeRO-3's layout: ceil(n / world) values, zero-padded."""
+    size = -(-flat.numel() // world)
+    part = flat[rank * size:(rank + 1) * size]
+    if part.numel() < size:
+        part = torch.nn.functional.pad(part, (0, size - part.numel()))
+    return part
 
 
 class EMA:
     def __init__(self, module: torch.nn.Module, decay: float, start_step: int):
         self.decay, self.start_step = decay, start_step
+        self.rank, self.world = _rank_world()
         self.params = dict(module.named_parameters())
-        self.shadow = {n: _local(p).detach().float().clone() for n, p in self.params.items()}
+        self.shadow = {n: self._local(p).detach().float().clone() for n, p in self.params.items()}
+
+    def _local(self, p) -> Tensor:
+        if hasattr(p, "ds_tensor"):
+            return p.ds_tensor
+        return partition(p.data.reshape(-1), self.rank, self.world)
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         decay = self.decay if step >= self.start_step else 0.0
         for n, p in self.params.items():
-            self.shadow[n].mul_(decay).add_(_local(p).float(), alpha=1.0 - decay)
+            self.shadow[n].mul_(decay).add_(self._local(p).float(), alpha=1.0 - decay)
 
     def state_dict(self) -> dict[str, Tensor]:
         return dict(self.shadow)
@@ -42,15 +62,14 @@ class EMA:
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, Tensor]:
         """Full EMA tensors on rank 0 (others get {}); every rank must call it."""
-        zero3 = any(hasattr(p, "ds_tensor") for p in self.params.values())
-        rank = torch_dist.get_rank() if torch_dist.is_initialized() else 0
-        if not zero3:
-            return {n: t.clone() for n, t in self.shadow.items()} if rank == 0 else {}
-        world = torch_dist.get_world_size()
         out = {}
         for n, p in self.params.items():
-            parts = [torch.empty_like(self.shadow[n]) for _ in range(world)]
-            torch_dist.all_gather(parts, self.shadow[n])
-            if rank == 0:
-                out[n] = torch.cat(parts)[: p.ds_numel].view(p.ds_shape).clone()
+            numel, shape = (p.ds_numel, p.ds_shape) if hasattr(p, "ds_tensor") else (p.numel(), p.shape)
+            if self.world == 1:
+                parts = [self.shadow[n]]
+            else:  # gathered to every rank: all_gather is what gloo and NCCL both offer
+                parts = [torch.empty_like(self.shadow[n]) for _ in range(self.world)]
+                torch_dist.all_gather(parts, self.shadow[n])
+            if self.rank == 0:
+                out[n] = torch.cat(parts)[:numel].view(shape).clone()
         return out

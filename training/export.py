@@ -1,6 +1,6 @@
 """`rollforge export`: a training checkpoint -> a self-contained generator checkpoint directory.
 
-    export_checkpoint(run_dir, out_dir, ema=False, step=None)
+    export_checkpoint(run_dir, out_dir, ema=False, step=None, format="wan")
 
 Reads the trainer's layout:
 
@@ -16,6 +16,14 @@ and writes, atomically (temp dir, then rename), what `StreamingGenerator(cfg, ch
     OUT/config.json         generator sections of the run's config + stage/step/ema/source_run
     OUT/config.yaml         the same sections as a config file for `rollforge generate --config`
     OUT/README.md           a short model card
+
+`format="diffusers"` writes a diffusers `WanTransformer3DModel` folder instead (keys renamed by
+`pipeline.networks.layouts.wan_to_diffusers`):
+
+    OUT/diffusion_pytorch_model.safetensors   diffusers key layout
+    OUT/config.json         diffusers' transformer config; our sections ride along under `_rollforge`
+                            (diffusers drops `_`-keys), so `rollforge import --from diffusers` restores them
+    OUT/config.yaml, OUT/README.md            as above
 """
 
 from __future__ import annotations
@@ -34,11 +42,14 @@ from torch import Tensor
 
 from infra.config import RESOLVED_NAME, load_config, to_dict
 from pipeline.networks.checkpoints import check_state_dict, read_state_dict
+from pipeline.networks.layouts import diffusers_config, wan_to_diffusers
 from pipeline.networks.wan_dit import build_dit
 
 GENERATOR_SECTIONS = ("model", "video", "codec", "text", "stream", "sampler")
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # loading casts to the run's dtype (strict load_state_dict)
 DS_TAG = "ds"
+EXPORT_FORMATS = ("wan", "diffusers")
+WEIGHT_NAMES = {"wan": "model.safetensors", "diffusers": "diffusion_pytorch_model.safetensors"}
 
 
 class ExportError(RuntimeError):
@@ -114,7 +125,7 @@ def check_finite(state: dict[str, Tensor], source: str) -> None:
 
 
 def _model_card(cfg, meta: dict, ema: bool, n_params: int, run_dir: Path, ckpt: Path, out: Path,
-                dtype: str = "float32") -> str:
+                dtype: str = "float32", fmt: str = "wan") -> str:
     m = cfg.model
     stage, step = meta.get("stage", cfg.train.stage), meta.get("step")
     return f"""# rollforge {stage} checkpoint (step {step})
@@ -123,7 +134,9 @@ A Wan2.1-layout DiT ({n_params:,} parameters; dim {m.dim}, {m.num_layers} layers
 {"student distilled for real-time streaming (Rolling Forcing)" if stage == "distill" else
  f"trained with the `{stage}` stage"} by rollforge.
 
-- weights: `model.safetensors` ({dtype}, {"EMA" if ema else "raw"} weights), Wan key layout
+- weights: `{WEIGHT_NAMES[fmt]}` ({dtype}, {"EMA" if ema else "raw"} weights), {
+    "Wan key layout" if fmt == "wan" else "diffusers WanTransformer3DModel layout (`rollforge import --from diffusers` "
+    "turns it back into a Wan-layout export for `rollforge generate`)"}
 - stage: `{stage}`, step: {step}, checkpoint: `{ckpt.name}` of `{run_dir}`
 - video: {cfg.video.width}x{cfg.video.height} @ {cfg.video.fps} fps, codec `{cfg.codec.kind}`, text `{cfg.text.kind}`
 - streaming: {cfg.stream.frames_per_block} latent frames per block, steps {list(cfg.stream.denoising_steps)},
@@ -145,7 +158,7 @@ def _publish(tmp: Path, out: Path) -> None:
     if out.exists():
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-        elif out.is_dir() and (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        elif out.is_dir() and (out / "config.json").is_file() and any((out / n).is_file() for n in WEIGHT_NAMES.values()):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             old.rmdir()
             out.rename(old)
@@ -157,8 +170,45 @@ def _publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
+def check_format(fmt: str, model: dict) -> None:
+    """Refuse a format that cannot hold this model faithfully (diffusers fixes flow prediction and RoPE 10000)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"format {fmt!r}: valid: {', '.join(EXPORT_FORMATS)}")
+    if fmt == "diffusers":
+        if model.get("prediction", "flow") != "flow":
+            raise ExportError(f"model.prediction={model['prediction']}: diffusers' WanTransformer3DModel is read as "
+                              f"a flow predictor, so this model would be silently wrong there; use --format wan")
+        if float(model.get("rope_theta", 10000.0)) != 10000.0:
+            raise ExportError(f"model.rope_theta={model['rope_theta']}: diffusers' Wan RoPE is fixed at 10000; "
+                              f"use --format wan")
+
+
+def write_export(out: Path, state: dict[str, Tensor], info: dict, sections: dict, card: str,
+                 fmt: str = "wan", metadata: dict[str, str] | None = None) -> Path:
+    """Write an export directory atomically (temp dir, then rename) in `fmt`: Wan-native `model.safetensors`
+    + our config.json, or a diffusers folder (see the module docstring). `state` is in Wan's key layout."""
+    check_format(fmt, sections["model"])
+    if fmt == "diffusers":
+        state = wan_to_diffusers(state, source=str(out))
+        config = {**diffusers_config(sections["model"]), "_rollforge": info}
+    else:
+        config = info
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(state, str(tmp / WEIGHT_NAMES[fmt]), metadata={"format": "pt", **(metadata or {})})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(sections, sort_keys=False))
+        (tmp / "README.md").write_text(card)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def export_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = False, step: int | None = None,
-                      *, config_type: type, dtype: str = "float32") -> Path:
+                      *, config_type: type, dtype: str = "float32", format: str = "wan") -> Path:
     """Export one checkpoint of a training run to `out_dir`; returns `out_dir`. Weights are checked
     in fp32 and stored as `dtype` (a shipped model's size: float16 halves it, as Wan ships bf16).
 
@@ -168,6 +218,8 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = Fals
     run_dir, out = Path(run_dir).resolve(), Path(out_dir).resolve()
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"dtype {dtype!r}: valid: {', '.join(EXPORT_DTYPES)}")
+    if format not in EXPORT_FORMATS:
+        raise ExportError(f"format {format!r}: valid: {', '.join(EXPORT_FORMATS)}")
     if not (run_dir / RESOLVED_NAME).is_file():
         raise ExportError(f"{run_dir / RESOLVED_NAME}: not found - is {run_dir} a training run dir?")
     cfg = load_config(config_type, run_dir / RESOLVED_NAME)
@@ -198,17 +250,6 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = Fals
     info = {**sections, "stage": stage, "step": step_no, "ema": ema, "checkpoint": ckpt.name,
             "source_run": str(run_dir), "dtype": dtype}
     n_params = sum(v.numel() for v in state.values())
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        save_file(state, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "stage": str(stage), "step": str(step_no), "ema": str(ema).lower()})
-        (tmp / "config.json").write_text(json.dumps(info, indent=2) + "\n")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(sections, sort_keys=False))
-        (tmp / "README.md").write_text(_model_card(cfg, meta, ema, n_params, run_dir, ckpt, out, dtype))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    card = _model_card(cfg, meta, ema, n_params, run_dir, ckpt, out, dtype, format)
+    return write_export(out, state, info, sections, card, format,
+                        metadata={"stage": str(stage), "step": str(step_no), "ema": str(ema).lower()})

@@ -15,14 +15,17 @@ import torch
 from torch import Tensor
 
 from data.loader import ShardLoader, latent_decoder, latent_urls
-from pipeline.config import tokens_per_frame
+from data.prompt_set import PromptLoader, embed_prompt_source, prompt_dir
+from pipeline.config import ConfigError, tokens_per_frame
 from pipeline.networks.checkpoints import check_export_model, load_weights
 from pipeline.networks.wan_dit import TextCond, WanDiT, build_dit
 from pipeline.schedule import denoising_levels
 
-from .dist import all_true
+from .dist import all_true, barrier
 from .ema import EMA
 from .engines import build_engine
+from .roles import check_roles
+from .teacher_shard import shard_frozen
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,18 +44,36 @@ class Objective:
         self.levels = denoising_levels(s.denoising_steps, s.shift, s.num_train_timesteps, s.warp_denoising_steps)
         self.tokens_per_frame = tokens_per_frame(cfg.model, cfg.video, cfg.codec)
         self.noise = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
-        self.loader = ShardLoader(latent_urls(cfg.data.latents), rank, world, num_workers=0, seed=cfg.data.seed,
-                                  shuffle_buffer=cfg.data.shuffle_buffer, decode=latent_decoder(),
-                                  batch_size=cfg.train.batch_size)
+        self.loader = self._loader()
         self._batches = iter(self.loader)
         self.engines: dict = {}
         self.ema: EMA | None = None
+        self.roles = check_roles(cfg)  # student / teacher / critic shapes
 
     # ------------------------------------------------------------------ helpers
-    def new_dit(self, weights: str | None, trainable: bool) -> WanDiT:
-        model = build_dit(self.cfg.model, self.device, torch.float32, seed=self.cfg.train.seed)
+    def _loader(self):
+        """Latent shards (data.latents), or prompt embeddings alone (data.prompts: ode_init, distill)."""
+        cfg = self.cfg
+        if not cfg.data.prompts:
+            return ShardLoader(latent_urls(cfg.data.latents), self.rank, self.world, num_workers=0,
+                               seed=cfg.data.seed, shuffle_buffer=cfg.data.shuffle_buffer, decode=latent_decoder(),
+                               batch_size=cfg.train.batch_size)
+        if cfg.train.stage == "teacher":
+            raise ConfigError("data.prompts: the teacher stage learns from videos (data.latents); prompt-only "
+                              "data feeds ode_init and distill")
+        cache = self.run_dir / "prompts"
+        if self.rank == 0:  # embedded once, by one process; the others read it
+            embed_prompt_source(cfg.data.prompts, cfg.text, cache, self.device)
+        barrier()
+        return PromptLoader(prompt_dir(cfg.data.prompts, cache), self.rank, self.world, cfg.data.seed,
+                            cfg.train.batch_size)
+
+    def new_dit(self, weights: str | None, trainable: bool, role: str = "student", device=None) -> WanDiT:
+        """`role`'s network (training.roles) on `device` (default: the run's), loaded from `weights`."""
+        model_cfg = self.roles[role]
+        model = build_dit(model_cfg, device or self.device, torch.float32, seed=self.cfg.train.seed)
         if weights:
-            check_export_model(weights, self.cfg.model)
+            check_export_model(weights, model_cfg, "model" if role == "student" else f"{role}_model")
             load_weights(model, weights)
         model.gradient_checkpointing = trainable and self.cfg.train.activation_checkpointing
         if not trainable:
@@ -63,7 +84,11 @@ class Objective:
         if not self.cfg.train.teacher:
             raise ValueError(f"train.teacher: {self.cfg.train.stage} needs the teacher's weights "
                              "(an export dir or .safetensors)")
-        return self.new_dit(self.cfg.train.teacher, trainable=False)
+        if not self.cfg.train.teacher_shard:
+            return self.new_dit(self.cfg.train.teacher, trainable=False, role="teacher")
+        # Built and loaded on the CPU, then partitioned: no GPU ever holds the whole teacher.
+        model = self.new_dit(self.cfg.train.teacher, trainable=False, role="teacher", device="cpu")
+        return shard_frozen(model, self.cfg.train, self.dtype)
 
     @property
     def latent_hw(self) -> tuple[int, int]:

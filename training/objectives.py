@@ -20,11 +20,13 @@ import torch
 from pipeline.networks.text_encoders import build_text_encoder
 
 from .distill import DistillObjective
+from .dist import all_true
 from .ema import EMA
 from .losses import drop_text, flow_matching_loss, ode_inputs, ode_regression_loss, per_block_steps, sample_timesteps
 from .objective import NonFiniteLoss, Objective
 from .ode import load_pairs, make_ode_pairs, save_pairs
 from .ode_parts import load_pair_parts
+from .roles import student_init
 
 __all__ = ["NonFiniteLoss", "OBJECTIVES", "Objective", "build_objective"]
 
@@ -62,7 +64,7 @@ class OdeInitObjective(Objective):
         tr = self.cfg.train
         self.teacher = self.frozen_teacher()
         self.pairs = self._pairs()
-        self.wrap("generator", self.new_dit(tr.init_from or tr.teacher, trainable=True), tr.generator)
+        self.wrap("generator", self.new_dit(student_init(self.cfg, self.roles), trainable=True), tr.generator)
         self.ema = EMA(self.engines["generator"].module, tr.ema_decay, tr.ema_start)
         self.order = random.Random(tr.seed + self.rank)
 
@@ -74,7 +76,7 @@ class OdeInitObjective(Objective):
             if pairs is not None:
                 return pairs
         path = self.run_dir / "ode_pairs" / f"pairs_rank{self.rank}_of{self.world}.safetensors"
-        if path.is_file():
+        if all_true(path.is_file()):  # all or none: a sharded teacher's forwards are collectives
             return load_pairs(path)
         count = -(-self.cfg.train.ode_pairs // self.world)
         s, sc = self.cfg.stream, self.cfg.sampler

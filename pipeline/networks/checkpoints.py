@@ -80,9 +80,9 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def check_export_model(path: str | Path, model_cfg) -> None:
+def check_export_model(path: str | Path, model_cfg, prefix: str = "model") -> None:
     """An export dir (model.safetensors + config.json) must have been trained with `model_cfg`'s
-    settings: raise ConfigError naming the first differing `model.<key>` (`weights` aside).
+    settings: raise ConfigError naming the first differing `<prefix>.<key>` (`weights` aside).
 
     Shapes are also caught by the strict load, but not `prediction`: an x0-predicting export read
     as a flow predictor loads fine and is silently wrong. Anything without a config.json (a bare
@@ -95,5 +95,5 @@ def check_export_model(path: str | Path, model_cfg) -> None:
     mine = json.loads(json.dumps(asdict(model_cfg)))  # tuples -> lists, as saved
     diff = [k for k, v in saved.items() if k in mine and k != "weights" and v != mine[k]]
     if diff:
-        raise ConfigError(f"model.{diff[0]}: checkpoint {path} was trained with {diff[0]}={saved[diff[0]]}, "
+        raise ConfigError(f"{prefix}.{diff[0]}: checkpoint {path} was trained with {diff[0]}={saved[diff[0]]}, "
                           f"config says {mine[diff[0]]}")

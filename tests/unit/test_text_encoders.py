@@ -186,10 +186,15 @@ def test_umt5_invalid_directories(tmp_path, umt5_dir):
     with pytest.raises(FileNotFoundError, match="config.json"):
         UMT5Encoder(empty)
 
+    # Wan's own .pth is accepted (tests/unit/test_wan_umt5.py), but only with a tokenizer folder
     weight_file = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     weight_file.write_bytes(b"")
-    with pytest.raises(NotADirectoryError, match="models_t5_umt5-xxl-enc-bf16.pth"):
+    with pytest.raises(FileNotFoundError, match=r"models_t5_umt5-xxl-enc-bf16.pth.*text\.tokenizer"):
         UMT5Encoder(weight_file)
+    other_file = tmp_path / "weights.txt"
+    other_file.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="weights.txt"):
+        UMT5Encoder(other_file)
 
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
