@@ -17,8 +17,10 @@ install:
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@$(VENV)/bin/rollforge --help >/dev/null && echo "installed: $(VENV)/bin/rollforge"
 
+# Two pytest workers, one test file each at a time: many tests wait on subprocesses (Ray, DeepSpeed
+# ranks, a browser), so two keep both cores busy. Session fixtures are built once (tests/conftest.py).
 test:
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 demo:
 	$(VENV)/bin/rollforge run --config configs/demo.yaml --run-dir $(DEMO_DIR)

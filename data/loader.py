@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from safetensors.torch import load as st_load
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
@@ -97,6 +96,8 @@ class _EpochStream(IterableDataset):
         worker = info.id if info is not None else 0
         if (info.num_workers if info is not None else 1) != self.num_workers:
             raise RuntimeError("worker count differs from the loader's num_workers")
+        import webdataset as wds  # here: importing the loader (the objectives do) must not need it
+
         pipe = wds.WebDataset(
             self.urls, shardshuffle=False, empty_check=False,
             nodesplitter=functools.partial(split_by_node, rank=self.rank, world_size=self.world_size,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.config import SAMPLER_KINDS, ConfigError
 
-from . import cli_data, cli_eval, cli_run, cli_train
+from . import cli_data, cli_eval, cli_import, cli_plan, cli_run, cli_serve, cli_train
 from .cli_types import positive_float
 from .config import dump_yaml, load_config, save_resolved
 from .launch import report_error
@@ -71,26 +71,93 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- bench
+class _RandomTextEncoder:
+    """`bench stream --random-text`: text states drawn from N(0, 1) with the encoder's output shape
+    [n, text.max_length, model.text_dim], for random-weight throughput runs where the encoder's weights
+    (umT5-XXL) or package (MiniLM) are absent. The encoder runs once per prompt, outside the clock."""
+
+    def __init__(self, cfg, device):
+        import torch
+
+        self.shape, self.device = (cfg.text.max_length, cfg.model.text_dim), device
+        self.gen = torch.Generator().manual_seed(cfg.runtime.seed)
+
+    def encode(self, prompts: list[str]):
+        import torch
+
+        return torch.randn(len(prompts), *self.shape, generator=self.gen).to(self.device)
+
+
+def _build_generator(cfg, checkpoint: str | None, random_text: bool):
+    from pipeline.generator import StreamingGenerator, resolve_device
+
+    encoder = _RandomTextEncoder(cfg, resolve_device(cfg.runtime.device)) if random_text else None
+    return StreamingGenerator(cfg, checkpoint=checkpoint, text_encoder=encoder)
+
+
+def _capped(stream_video, max_wall_s: float | None, state: dict):
+    """`gen.stream_video` that stops after the first chunk finishing past `max_wall_s` seconds
+    (counted from the first request, as measure_stream's clock is); `state["stopped"]` says whether it cut."""
+
+    def wrapped(*a, **kw):
+        it = stream_video(*a, **kw)
+        start = time.perf_counter()
+        for chunk in it:
+            yield chunk
+            if max_wall_s is not None and time.perf_counter() - start >= max_wall_s:
+                state["stopped"] = True
+                it.close()
+                return
+
+    return wrapped
+
+
 def cmd_bench_stream(args: argparse.Namespace) -> int:
-    from evaluation.throughput import machine_info, measure_stream
-    from pipeline.generator import StreamingGenerator
+    from evaluation.throughput import machine_info, measure_stream, peak_rss_bytes
+    from pipeline.attention import resolve_backend
+    from pipeline.generator import PromptSchedule
 
     cfg = load(args)
     if args.sampler:
         cfg.sampler.kind = args.sampler
         cfg.validate()
-    gen = StreamingGenerator(cfg, checkpoint=args.checkpoint)
+    gen = _build_generator(cfg, args.checkpoint, args.random_text)
+    warmup_s = 0.0
+    if args.warmup:  # one-time costs (kernel loads, autotuning) stay out of the first-frame latency
+        t0 = time.perf_counter()
+        for _ in gen.stream_video(PromptSchedule.single("warm-up"), cfg.stream.window_blocks + 2, cfg.sampler.kind):
+            pass
+        warmup_s = time.perf_counter() - t0
     total = gen.codec.video_frames(gen.blocks_for_seconds(args.seconds) * cfg.stream.frames_per_block)
+    cut = {"stopped": False}
+    gen.stream_video = _capped(gen.stream_video, args.max_wall_s, cut)
+    timeline: list[dict] = []
+    every = args.memory_every_s
+    cuda = gen.device.type == "cuda"
     with _progress(transient=True) as bar:
         task = bar.add_task(f"bench {cfg.sampler.kind}{' (recompute)' if args.recompute else ''}", total=total, fps=0.0)
         start = time.perf_counter()
 
         def advance(n: int) -> None:
             done = bar.tasks[0].completed + n
-            bar.update(task, completed=done, fps=done / max(time.perf_counter() - start, 1e-9))
+            now = time.perf_counter()
+            bar.update(task, completed=done, fps=done / max(now - start, 1e-9))
+            if every and (not timeline or done / cfg.video.fps >= timeline[-1]["video_s"] + every):
+                import torch
+
+                timeline.append({"video_s": done / cfg.video.fps, "wall_s": now - start, "peak_rss_bytes": peak_rss_bytes(),
+                                 **({"peak_cuda_bytes": torch.cuda.max_memory_allocated(gen.device),
+                                     "cuda_allocated_bytes": torch.cuda.memory_allocated(gen.device)} if cuda else {})})
 
         result = measure_stream(gen, args.prompt, args.seconds, cfg.sampler.kind, recompute=args.recompute,
                                 on_frames=advance)
+    if cut["stopped"]:  # measure_stream counted the requested length; these are what was streamed
+        result["latent_frames"] = None
+    result.update({"requested_video_seconds": args.seconds, "completed": not cut["stopped"],
+                   "max_wall_s": args.max_wall_s, "warmup_s": warmup_s, "random_text": args.random_text,
+                   "attention_backend": resolve_backend() if cuda else "sdpa"})
+    if every:
+        result["memory_timeline"] = timeline
     result["machine"] = machine_info()
     if args.json:
         print(json.dumps(result))
@@ -138,12 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--recompute", action="store_true",
                     help="cache-free reference: recompute every pass from scratch with an explicit mask")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
+    bs.add_argument("--max-wall-s", type=positive_float, metavar="S",
+                    help="stop the stream after the first block finished past S seconds of wall time and report "
+                         "what was streamed by then (completed: false)")
+    bs.add_argument("--memory-every-s", type=positive_float, metavar="S",
+                    help="record peak memory (CUDA and RSS) every S seconds of video: memory_timeline")
+    bs.add_argument("--warmup", action="store_true",
+                    help="stream window_blocks + 2 blocks untimed first, so one-time costs stay out of the numbers")
+    bs.add_argument("--random-text", action="store_true",
+                    help="no text encoder: N(0, 1) text states of its shape (random-weight throughput runs "
+                         "without the encoder's weights; it runs outside the clock either way)")
     bs.set_defaults(func=cmd_bench_stream)
 
     cli_data.register(sub, _add_config_args)
     cli_train.register(sub, _add_config_args)
     cli_run.register(sub, _add_config_args)
     cli_eval.register(sub, _add_config_args)
+    cli_plan.register(sub, _add_config_args)
+    cli_import.register(sub, _add_config_args)
+    cli_serve.register(sub, _add_config_args)
 
     c = sub.add_parser("config", help="print the resolved config (defaults <- --config <- overrides)", epilog=EPILOG)
     _add_config_args(c)

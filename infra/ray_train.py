@@ -80,8 +80,11 @@ def _embedded_prompts(cfg: Config, run_dir: Path) -> Config:
         return cfg
     from data.prompt_set import embed_prompt_source
 
+    import torch
+
+    device = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"  # the driver's
     out = copy.deepcopy(cfg)
-    out.data.prompts = str(embed_prompt_source(cfg.data.prompts, cfg.text, run_dir / "prompts"))
+    out.data.prompts = str(embed_prompt_source(cfg.data.prompts, cfg.text, run_dir / "prompts", device))
     return out
 
 

@@ -44,9 +44,21 @@ def flash_available() -> bool:
     return torch.cuda.is_available() and _flash_fn() is not None
 
 
-def resolve_backend(backend: str = "auto") -> str:
-    """Which kernel `attention` will use for unmasked half-precision CUDA inputs."""
-    backend = os.environ.get("ROLLFORGE_ATTENTION", backend)
+_configured = "auto"  # runtime.attention of the process's generator / trainer (`configure`)
+
+
+def configure(backend: str) -> None:
+    """Make `backend` (runtime.attention) the default of every later `attention` call in this process."""
+    global _configured
+    if backend not in BACKENDS:
+        raise ValueError(f"runtime.attention: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    _configured = backend
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """Which kernel `attention` will use for unmasked half-precision CUDA inputs: $ROLLFORGE_ATTENTION,
+    else `backend`, else the configured runtime.attention."""
+    backend = os.environ.get("ROLLFORGE_ATTENTION", backend or _configured)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "flash" and not flash_available():
@@ -57,7 +69,7 @@ def resolve_backend(backend: str = "auto") -> str:
     return backend
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, backend: str = "auto") -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, backend: str | None = None) -> Tensor:
     """Softmax(q k^T / sqrt(d)) v over [B, L, n, d] tensors; see module docstring."""
     if (mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and resolve_backend(backend) == "flash"):

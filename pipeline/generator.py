@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import attention
 from .config import ConfigError, GeneratorConfig
 from .networks.checkpoints import check_export_model, load_weights
 from .networks.codecs import build_codec
@@ -85,8 +86,10 @@ class PromptSchedule:
 
 
 class StreamingGenerator:
-    def __init__(self, cfg: GeneratorConfig, checkpoint: str | Path | None = None):
+    def __init__(self, cfg: GeneratorConfig, checkpoint: str | Path | None = None, text_encoder=None):
+        """`text_encoder`: anything with `encode(prompts) -> [n, L, D]`; None builds cfg.text's."""
         cfg.validate()
+        attention.configure(cfg.runtime.attention)
         self.cfg = cfg
         self.device = resolve_device(cfg.runtime.device)
         self.dtype = DTYPES[cfg.runtime.dtype]
@@ -98,7 +101,7 @@ class StreamingGenerator:
             load_weights(self.model, weights)
         self.model.requires_grad_(False)
         self.codec = build_codec(cfg.codec).to(self.device).eval()
-        self.text_encoder = build_text_encoder(cfg.text, self.device)
+        self.text_encoder = text_encoder or build_text_encoder(cfg.text, self.device)
         s = cfg.stream
         self.levels = denoising_levels(s.denoising_steps, s.shift, s.num_train_timesteps, s.warp_denoising_steps)
         self._text_cache: dict[str, TextCond] = {}

@@ -60,9 +60,26 @@ def tiny_latents(tmp_path_factory) -> Path:
     precompute with the real codec and MiniLM), about a minute on 2 cores, so the integration modules
     that train share one set per session. They only read it; tests that need altered shards copy them.
     """
+    from filelock import FileLock
+
     from data.synthetic import world_latents
     from infra.config import load_config
     from infra.schema import Config
 
-    return world_latents(load_config(Config, REPO / "configs/tiny.yaml"), tmp_path_factory.mktemp("tiny_latents"),
-                         count=TINY_LATENT_CLIPS, seed=0, workers=2)
+    def build(root: Path) -> Path:
+        return world_latents(load_config(Config, REPO / "configs/tiny.yaml"), root, count=TINY_LATENT_CLIPS, seed=0,
+                             workers=2)
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp("tiny_latents"))
+    # Under pytest-xdist (`make test` runs 2 workers) the first worker builds the set into the run's
+    # shared base directory and the other waits for it, so it is still built once per session.
+    shared = tmp_path_factory.getbasetemp().parent / "tiny_latents"
+    with FileLock(str(shared) + ".lock"):
+        done = shared / "built.json"
+        if done.is_file():
+            return Path(json.loads(done.read_text())["latents"])
+        shared.mkdir(exist_ok=True)
+        latents = build(shared)
+        done.write_text(json.dumps({"latents": str(latents)}))
+        return latents

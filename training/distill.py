@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 from pipeline.networks.codecs import build_codec
-from pipeline.networks.text_encoders import build_text_encoder
 from pipeline.networks.wan_dit import TextCond
 from pipeline.windows import ContextRule
 
@@ -96,7 +95,7 @@ class DistillObjective(Objective):
         # The negative prompt and the teacher are fixed: encode its CFG conditioning once.
         self.uncond = None
         if tr.guidance_scale != 1.0:
-            emb = build_text_encoder(self.cfg.text, self.device).encode([self.cfg.sampler.negative_prompt])
+            emb = self.negative_text()
             with torch.no_grad():
                 self.uncond = self.text_cond(self.teacher, emb)
 

@@ -16,8 +16,10 @@ from torch import Tensor
 
 from data.loader import ShardLoader, latent_decoder, latent_urls
 from data.prompt_set import PromptLoader, embed_prompt_source, prompt_dir
+from pipeline import attention
 from pipeline.config import ConfigError, tokens_per_frame
-from pipeline.networks.checkpoints import check_export_model, load_weights
+from pipeline.networks.checkpoints import check_export_model, check_state_dict, load_weights, read_state_dict
+from pipeline.networks.text_encoders import build_text_encoder, clear_text_encoder_cache
 from pipeline.networks.wan_dit import TextCond, WanDiT, build_dit
 from pipeline.schedule import denoising_levels
 
@@ -39,6 +41,7 @@ class Objective:
 
     def __init__(self, cfg, device: torch.device, dtype: torch.dtype, rank: int, world: int, run_dir: Path):
         self.cfg, self.device, self.dtype, self.rank, self.world = cfg, device, dtype, rank, world
+        attention.configure(cfg.runtime.attention)
         self.run_dir = Path(run_dir)
         s = cfg.stream
         self.levels = denoising_levels(s.denoising_steps, s.shift, s.num_train_timesteps, s.warp_denoising_steps)
@@ -71,9 +74,18 @@ class Objective:
     def new_dit(self, weights: str | None, trainable: bool, role: str = "student", device=None) -> WanDiT:
         """`role`'s network (training.roles) on `device` (default: the run's), loaded from `weights`."""
         model_cfg = self.roles[role]
-        model = build_dit(model_cfg, device or self.device, torch.float32, seed=self.cfg.train.seed)
         if weights:
             check_export_model(weights, model_cfg, "model" if role == "student" else f"{role}_model")
+        if weights and not trainable:
+            # Frozen: built on the meta device and given the file's tensors, so no fp32 copy of a 14B
+            # teacher (57 GB) is ever made; cast straight from the file's dtype to the run's.
+            model = build_dit(model_cfg, "meta")
+            state = read_state_dict(weights)
+            check_state_dict(model, state, source=f"weights {weights}")
+            model.load_state_dict(state, strict=True, assign=True)
+            return model.to(device or self.device, self.dtype).eval().requires_grad_(False)
+        model = build_dit(model_cfg, device or self.device, torch.float32, seed=self.cfg.train.seed)
+        if weights:
             load_weights(model, weights)
         model.gradient_checkpointing = trainable and self.cfg.train.activation_checkpointing
         if not trainable:
@@ -104,6 +116,18 @@ class Objective:
 
     def randn(self, shape) -> Tensor:
         return torch.randn(shape, generator=self.noise, device=self.device, dtype=self.dtype)
+
+    def negative_text(self) -> Tensor:
+        """[1, L, D] text states of sampler.negative_prompt (CFG's unconditional branch).
+
+        A umT5-XXL encoder (about 10.6 GiB in bf16) is released right after: training reads
+        precomputed text states, so keeping it would cost every GPU that memory for nothing."""
+        emb = build_text_encoder(self.cfg.text, self.device).encode([self.cfg.sampler.negative_prompt])
+        if self.cfg.text.kind == "umt5":
+            clear_text_encoder_cache()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return emb
 
     def text_cond(self, model, emb: Tensor) -> TextCond:
         return model.encode_text(emb.to(self.device, self.dtype))

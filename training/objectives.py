@@ -17,8 +17,6 @@ from pathlib import Path
 
 import torch
 
-from pipeline.networks.text_encoders import build_text_encoder
-
 from .distill import DistillObjective
 from .dist import all_true
 from .ema import EMA
@@ -40,7 +38,7 @@ class TeacherObjective(Objective):
         self.ema = EMA(self.engines["generator"].module, self.cfg.train.ema_decay, self.cfg.train.ema_start)
         self.null_text = None
         if self.cfg.train.text_dropout > 0:
-            self.null_text = build_text_encoder(self.cfg.text, self.device).encode([self.cfg.sampler.negative_prompt])
+            self.null_text = self.negative_text()
 
     def train_step(self, step: int) -> dict:
         eng, t0 = self.engines["generator"], time.perf_counter()
@@ -79,11 +77,10 @@ class OdeInitObjective(Objective):
         if all_true(path.is_file()):  # all or none: a sharded teacher's forwards are collectives
             return load_pairs(path)
         count = -(-self.cfg.train.ode_pairs // self.world)
-        s, sc = self.cfg.stream, self.cfg.sampler
+        s = self.cfg.stream
         uncond = None
         if self.cfg.train.guidance_scale != 1.0:
-            uncond = self.text_cond(self.teacher, build_text_encoder(self.cfg.text, self.device)
-                                    .encode([sc.negative_prompt]))
+            uncond = self.text_cond(self.teacher, self.negative_text())
         texts, embs = [], []
         while len(texts) < count:
             emb = self.next_batch()["text"][:1]

@@ -78,3 +78,14 @@ def test_export_text_width_disagreement_names_the_source(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model": {"text_dim": 4096}}))
     with pytest.raises(ConfigError, match="teacher_model.text_dim.*from the teacher export"):
         load_config(Config, None, [f"train.teacher={tmp_path}"])
+
+
+def test_paper_config_resolves_and_dry_runs_on_meta():
+    from infra.dry_run import meta_dry_run
+
+    cfg = load_config(Config, "configs/rolling_forcing_paper.yaml", ["runtime.attention=sdpa"])
+    assert cfg.train.teacher_shard and cfg.run.prompts and cfg.run.learners == 64
+    result = meta_dry_run(cfg)
+    assert result["teacher"]["params"] == 14_288_491_584
+    assert result["student"]["params"] == result["critic"]["params"] == 1_418_996_800
+    assert result["teacher"]["output"] == [1, 21, 16, 60, 104]

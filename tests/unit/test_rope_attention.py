@@ -79,3 +79,22 @@ def test_backend_resolution():
             resolve_backend("flash")
     with pytest.raises(ValueError, match="auto, sdpa, flash"):
         resolve_backend("xformers")
+
+
+def test_runtime_attention_is_the_default_backend(monkeypatch):
+    """runtime.attention reaches every attention call (the generator and trainers `configure` it);
+    $ROLLFORGE_ATTENTION still wins."""
+    from pipeline import attention as attention_mod
+
+    monkeypatch.delenv("ROLLFORGE_ATTENTION", raising=False)
+    monkeypatch.setattr(attention_mod, "_configured", "auto")
+    attention_mod.configure("sdpa")
+    assert resolve_backend() == "sdpa"
+    with pytest.raises(ValueError, match="runtime.attention"):
+        attention_mod.configure("xformers")
+    if not attention_mod.flash_available():
+        attention_mod.configure("flash")
+        with pytest.raises(RuntimeError, match="flash-attn"):
+            resolve_backend()
+    monkeypatch.setenv("ROLLFORGE_ATTENTION", "sdpa")
+    assert resolve_backend() == "sdpa"
