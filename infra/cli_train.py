@@ -62,10 +62,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_checkpoint
+    from training.export import ExportError, export_checkpoint
 
-    out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config, dtype=args.dtype,
-                            format=args.format)
+    try:
+        out = export_checkpoint(args.run_dir, args.out, ema=args.ema, step=args.step, config_type=Config,
+                                dtype=args.dtype, format=args.format)
+    except ExportError as e:  # one clear line, as every other input error (not a traceback)
+        raise ValueError(f"export: {e}") from None
     run_cfg = load_config(Config, Path(args.run_dir) / "config.resolved.yaml")
     if run_cfg.tracking.enabled and (Path(args.run_dir) / "mlflow_run_id").is_file():
         from .tracking import Tracker

@@ -45,3 +45,10 @@ def test_numbers_out_of_range_are_refused_naming_the_flag(argv, message, capsys)
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err, err
+
+
+def test_export_of_a_run_without_checkpoints_is_one_clear_line(tmp_path, capsys):
+    assert main(["export", "--run-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rollforge: error: export:") and "a training run dir?" in err[-1]
+    assert not any("Traceback" in line for line in err)
