@@ -104,7 +104,9 @@ def test_teacher_zero3(latents, tmp_path):
     assert videos == ["samples/step_000002.mp4", "samples/step_000003.mp4"]  # EMA gathered from ZeRO-3 shards
 
 
-@pytest.mark.parametrize("zero", [2, 3])
+# ZeRO-3 here; ode_init and distill under ZeRO-2 with 2 ranks run in tests/integration/test_prompt_only.py
+# (prompt-only data, a sharded teacher twice the student's size), which keeps CI within its budget.
+@pytest.mark.parametrize("zero", [3])
 def test_ode_init_and_distill_stages(teacher, latents, tmp_path, zero):
     t = teacher / "checkpoints/step_000006/ema.safetensors"
     train(tmp_path / "ode", "ode_init", latents, f"train.zero_stage={zero}", f"train.teacher={t}",
