@@ -56,8 +56,16 @@ class EMA:
         missing = set(self.shadow) - set(state)
         if missing:
             raise ValueError(f"EMA state lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
-        for n in self.shadow:
-            self.shadow[n].copy_(state[n])
+        for n, p in self.params.items():
+            saved = state[n]
+            if not hasattr(p, "ds_tensor") and saved.shape == p.shape and saved.shape != self.shadow[n].shape:
+                # A checkpoint from before the EMA was sharded under ZeRO 0-2: every rank saved the
+                # full tensor. This rank keeps its part, so those runs resume as they were.
+                saved = partition(saved.reshape(-1), self.rank, self.world)
+            if saved.shape != self.shadow[n].shape:
+                raise ValueError(f"EMA state {n}: shape {tuple(saved.shape)}, this rank holds "
+                                 f"{tuple(self.shadow[n].shape)} (saved with another world size or ZeRO stage?)")
+            self.shadow[n].copy_(saved)
 
     @torch.no_grad()
     def full_state_dict(self) -> dict[str, Tensor]:
