@@ -270,6 +270,7 @@ def part_mfu(dry: bool, repeats: int) -> dict:
     import training.objective as objective_mod
     from infra.config import load_config
     from infra.schema import Config
+    from pipeline.networks.text_encoders import RandomTextEncoder
     from training.distill import DistillObjective
     from training.engines import make_optimizer
 
@@ -320,17 +321,10 @@ def part_mfu(dry: bool, repeats: int) -> dict:
         def state_dict(self):
             return {}
 
-    class RandomText:
-        def __init__(self, _cfg, dev):
-            self.dev = dev
-
-        def encode(self, prompts):
-            return torch.randn(len(prompts), *text_shape).to(self.dev)
-
     patches = [mock.patch.object(objective_mod, "build_engine", BenchEngine),
                mock.patch.object(objective_mod, "ShardLoader", PromptLoader),
                mock.patch.object(objective_mod, "latent_urls", lambda _d: []),
-               mock.patch.object(objective_mod, "build_text_encoder", RandomText),
+               mock.patch.object(objective_mod, "build_text_encoder", lambda _text, dev: RandomTextEncoder(cfg, dev)),
                mock.patch.object(objective_mod.Objective, "frozen_teacher",
                                  lambda self: self.new_dit(None, trainable=False, role="teacher"))]
     t_build = time.perf_counter()

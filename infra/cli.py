@@ -71,27 +71,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- bench
-class _RandomTextEncoder:
-    """`bench stream --random-text`: text states drawn from N(0, 1) with the encoder's output shape
-    [n, text.max_length, model.text_dim], for random-weight throughput runs where the encoder's weights
-    (umT5-XXL) or package (MiniLM) are absent. The encoder runs once per prompt, outside the clock."""
-
-    def __init__(self, cfg, device):
-        import torch
-
-        self.shape, self.device = (cfg.text.max_length, cfg.model.text_dim), device
-        self.gen = torch.Generator().manual_seed(cfg.runtime.seed)
-
-    def encode(self, prompts: list[str]):
-        import torch
-
-        return torch.randn(len(prompts), *self.shape, generator=self.gen).to(self.device)
-
-
 def _build_generator(cfg, checkpoint: str | None, random_text: bool):
     from pipeline.generator import StreamingGenerator, resolve_device
+    from pipeline.networks.text_encoders import RandomTextEncoder
 
-    encoder = _RandomTextEncoder(cfg, resolve_device(cfg.runtime.device)) if random_text else None
+    encoder = RandomTextEncoder(cfg, resolve_device(cfg.runtime.device)) if random_text else None
     return StreamingGenerator(cfg, checkpoint=checkpoint, text_encoder=encoder)
 
 

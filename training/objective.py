@@ -18,7 +18,7 @@ from data.loader import ShardLoader, latent_decoder, latent_urls
 from data.prompt_set import PromptLoader, embed_prompt_source, prompt_dir
 from pipeline import attention
 from pipeline.config import ConfigError, tokens_per_frame
-from pipeline.networks.checkpoints import check_export_model, check_state_dict, load_weights, read_state_dict
+from pipeline.networks.checkpoints import check_export_model, load_weights
 from pipeline.networks.text_encoders import build_text_encoder, clear_text_encoder_cache
 from pipeline.networks.wan_dit import TextCond, WanDiT, build_dit
 from pipeline.schedule import denoising_levels
@@ -80,9 +80,7 @@ class Objective:
             # Frozen: built on the meta device and given the file's tensors, so no fp32 copy of a 14B
             # teacher (57 GB) is ever made; cast straight from the file's dtype to the run's.
             model = build_dit(model_cfg, "meta")
-            state = read_state_dict(weights)
-            check_state_dict(model, state, source=f"weights {weights}")
-            model.load_state_dict(state, strict=True, assign=True)
+            load_weights(model, weights, assign=True)
             return model.to(device or self.device, self.dtype).eval().requires_grad_(False)
         model = build_dit(model_cfg, device or self.device, torch.float32, seed=self.cfg.train.seed)
         if weights:

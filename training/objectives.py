@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .distill import DistillObjective
 from .dist import all_true
+from .distill import DistillObjective
 from .ema import EMA
 from .losses import drop_text, flow_matching_loss, ode_inputs, ode_regression_loss, per_block_steps, sample_timesteps
 from .objective import NonFiniteLoss, Objective

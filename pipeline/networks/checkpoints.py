@@ -66,11 +66,12 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "
         raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Strictly load `path` into `model`; mismatches are reported by name and shape."""
+def load_weights(model: nn.Module, path: str | Path, assign: bool = False) -> None:
+    """Strictly load `path` into `model`; mismatches are reported by name and shape. `assign`: the
+    model's parameters become the file's tensors (a meta-device model; no second copy is made)."""
     state = read_state_dict(path)
     check_state_dict(model, state, source=f"weights {path}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> Path:

@@ -396,6 +396,19 @@ def build_text_encoder(cfg: TextConfig, device: str | torch.device = "cpu",
     return _cached_encoder(cfg.kind, path, cfg.max_length, torch.device(device), dtype, tokenizer)
 
 
+class RandomTextEncoder:
+    """Text states drawn from N(0, 1) in the encoder's output shape [n, text.max_length, model.text_dim],
+    for random-weight throughput runs (`bench stream --random-text`, bench/gpu_check.py) where the
+    encoder's weights (umT5-XXL) or package (MiniLM) are absent; seeded by runtime.seed."""
+
+    def __init__(self, cfg, device):
+        self.shape, self.device = (cfg.text.max_length, cfg.model.text_dim), device
+        self.gen = torch.Generator().manual_seed(cfg.runtime.seed)
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return torch.randn(len(prompts), *self.shape, generator=self.gen).to(self.device)
+
+
 def clear_text_encoder_cache() -> None:
     """Forget every loaded encoder (e.g. after a checkpoint directory was rewritten in place)."""
     _cached_encoder.cache_clear()
@@ -405,5 +418,5 @@ def clear_text_encoder_cache() -> None:
 
 __all__ = [
     "TEXT_ENCODERS", "MiniLMEncoder", "TextEncoder", "UMT5Encoder", "build_text_encoder",
-    "clear_text_encoder_cache", "minilm_model_dir",
+    "RandomTextEncoder", "clear_text_encoder_cache", "minilm_model_dir",
 ]
