@@ -87,6 +87,9 @@ class WorldVocab:
 # "full": every colour, background and kind, up to 3 objects of 3 sizes (a hard world).
 # "laptop": what a tiny teacher learns in hours on 2 CPU cores (configs/world_teacher.yaml): one object,
 # 4 colours far apart, 2 backgrounds, 2 kinds, 2 sizes, slow. On 32 px frames: 8 px and 14 px objects.
+# "laptop_big": "laptop" with objects of 12 px and 18 px on 32 px frames. Under the pixel codec's factor 4
+# and 2x2 patches a token covers 8x8 px, so even the small object spans several tokens (an 8 px one is
+# one token's area, which a causal student loses over a long stream: docs/BENCHMARKS.md, "make demo").
 WORLD_VOCABS: dict[str, WorldVocab] = {
     "full": WorldVocab(colours=tuple(sorted(SHAPE_COLOURS)), backgrounds=tuple(sorted(BACKGROUNDS)), kinds=KINDS,
                        sizes=(("small", 0.16), ("medium", 0.23), ("large", 0.30)), max_shapes=3,
@@ -94,6 +97,9 @@ WORLD_VOCABS: dict[str, WorldVocab] = {
     "laptop": WorldVocab(colours=("blue", "green", "red", "yellow"), backgrounds=("black", "gray"),
                          kinds=("circle", "square"), sizes=(("small", 0.25), ("large", 0.44)), max_shapes=1,
                          speed=(0.10, 0.25)),
+    "laptop_big": WorldVocab(colours=("blue", "green", "red", "yellow"), backgrounds=("black", "gray"),
+                             kinds=("circle", "square"), sizes=(("small", 0.375), ("large", 0.5625)),
+                             max_shapes=1, speed=(0.10, 0.25)),
 }
 
 

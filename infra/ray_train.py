@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .config import from_dict, to_dict
+from .config_paths import absolute_paths
 from .distributed import init_ray
 from .schema import Config
 
@@ -58,7 +59,7 @@ def _worker(config: dict) -> None:
 def train_with_ray(cfg: Config, run_dir: str | Path, num_workers: int):
     """Run `cfg.train.stage` on `num_workers` Ray Train workers (+ rollout workers); returns Ray's Result."""
     run_dir = Path(run_dir).resolve()
-    cfg = _embedded_prompts(cfg, run_dir)
+    cfg = _embedded_prompts(absolute_paths(cfg), run_dir)  # learners run in other working directories
     init_ray(cfg.ray)
     gpu = cfg.runtime.device == "cuda"
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}

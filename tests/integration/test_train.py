@@ -143,23 +143,21 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(latents, tmp_path):
 
 def test_resume_is_bit_identical_and_survives_a_crash_mid_save(teacher, latents, tmp_path):
     over = TEACHER
-    # stopped at 3, resumed to 6
-    train(tmp_path / "resumed", "teacher", latents, *over, steps=3)
-    train(tmp_path / "resumed", "teacher", latents, *over, steps=6, resume=True)
-    # crash while saving step 6: the step-3 checkpoint stays `latest`, resume finishes the run
-    crashed = train(tmp_path / "crash", "teacher", latents, *over, steps=6, check=False,
+    # stopped at 3; extended to 6 with --resume, crashing while saving step 6: the step-3 checkpoint
+    # stays `latest`, and a second resume finishes the run
+    train(tmp_path / "run", "teacher", latents, *over, steps=3)
+    crashed = train(tmp_path / "run", "teacher", latents, *over, steps=6, resume=True, check=False,
                     env={"ROLLFORGE_CRASH_DURING_SAVE": "6"})
     assert crashed.returncode != 0
-    assert (tmp_path / "crash/checkpoints/latest").read_text() == "step_000003"
-    train(tmp_path / "crash", "teacher", latents, *over, steps=6, resume=True)
+    assert (tmp_path / "run/checkpoints/latest").read_text() == "step_000003"
+    train(tmp_path / "run", "teacher", latents, *over, steps=6, resume=True)
     ref = exported(teacher, tmp_path / "e1")
-    for other in ("resumed", "crash"):
-        got = exported(tmp_path / other, tmp_path / f"e_{other}")
-        assert all(torch.equal(ref[k], got[k]) for k in ref), other
-        ema_ref = load_file(str(teacher / "checkpoints/step_000006/ema.safetensors"))
-        ema_got = load_file(str(tmp_path / other / "checkpoints/step_000006/ema.safetensors"))
-        assert all(torch.equal(ema_ref[k], ema_got[k]) for k in ema_ref), other
-    assert not list((tmp_path / "crash/checkpoints").glob("*.partial"))
+    got = exported(tmp_path / "run", tmp_path / "e2")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    ema_ref = load_file(str(teacher / "checkpoints/step_000006/ema.safetensors"))
+    ema_got = load_file(str(tmp_path / "run/checkpoints/step_000006/ema.safetensors"))
+    assert all(torch.equal(ema_ref[k], ema_got[k]) for k in ema_ref)
+    assert not list((tmp_path / "run/checkpoints").glob("*.partial"))
 
 
 def test_non_finite_losses_are_skipped_then_abort_without_checkpoint(latents, tmp_path):

@@ -119,3 +119,20 @@ def test_clip_frames_derived_from_context_and_codec():
         load_config(Config, TINY, ["data.crop=diagonal"])
     with pytest.raises(ConfigError, match="ray.num_cpus"):
         load_config(Config, TINY, ["ray.num_cpus=0"])
+
+
+def test_relative_paths_become_absolute_for_ray_learners(tmp_path):
+    """Ray Train learners run elsewhere: paths that exist relative to the launch directory are made
+    absolute; a hub id, an absolute path and a path that names nothing here are kept as given."""
+    from infra.config_paths import absolute_paths
+
+    (tmp_path / "models/teacher").mkdir(parents=True)
+    (tmp_path / "lat").mkdir()
+    cfg = load_config(Config, REPO / "configs/tiny.yaml",
+                      ["model.weights=models/teacher", "data.latents=lat", "text.tokenizer=google/umt5-xxl",
+                       "train.teacher=/abs/teacher", "data.shards=not/made/yet"])
+    out = absolute_paths(cfg, tmp_path)
+    assert out.model.weights == str(tmp_path / "models/teacher") and out.data.latents == str(tmp_path / "lat")
+    assert out.text.tokenizer == "google/umt5-xxl" and out.train.teacher == "/abs/teacher"
+    assert out.data.shards == "not/made/yet"
+    assert cfg.model.weights == "models/teacher"  # the caller's config is not changed

@@ -184,7 +184,7 @@ def test_vocabularies_name_every_checked_property(name):
         key = sorted((sh.colour, sh.kind, sh.size) for sh in spec.shapes)
         by_caption.setdefault(caption(spec), set()).add((spec.background, tuple(map(tuple, key))))
     assert all(len(truths) == 1 for truths in by_caption.values()), "one caption, one set of checked properties"
-    if name == "laptop":
+    if name.startswith("laptop"):
         assert len(by_caption) == 4 * 2 * 2 * 2  # colours x kinds x sizes x backgrounds, all drawn
 
 
