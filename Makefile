@@ -19,8 +19,10 @@ install:
 
 # Two pytest workers, one test file each at a time: many tests wait on subprocesses (Ray, DeepSpeed
 # ranks, a browser), so two keep both cores busy. Session fixtures are built once (tests/conftest.py).
+# One thread per process: the workers' and their subprocesses' torch thread pools otherwise
+# oversubscribe the cores (9:36 -> 8:00 for the suite on 2 cores, docs/BENCHMARKS.md "CI").
 test:
-	$(PY) -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 demo:
 	$(VENV)/bin/rollforge run --config configs/demo.yaml --run-dir $(DEMO_DIR)
