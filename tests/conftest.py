@@ -83,3 +83,18 @@ def tiny_latents(tmp_path_factory) -> Path:
         latents = build(shared)
         done.write_text(json.dumps({"latents": str(latents)}))
         return latents
+
+
+# The longest files first, alternating files that read `tiny_latents` with files that do not: under
+# `make test` (2 workers, one file at a time) one worker builds the latents while the other runs a
+# long file that needs none, rather than waiting for them, and no long file starts last.
+LONG_FIRST = ("integration/test_run_pipeline.py", "integration/test_train.py", "integration/test_prompt_only.py",
+              "integration/test_ray_train.py", "integration/test_cli.py", "integration/test_rollout_workers.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((i for i, tail in enumerate(LONG_FIRST) if path.endswith(tail)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a file, and of every other file, is unchanged

@@ -113,12 +113,15 @@ def test_pipeline_end_to_end_then_skips_then_reruns_only_what_changed(tmp_path):
     assert sum(len(v) for v in runs_by_name(client).values()) == len(STAGES) + 1  # no new runs
     assert len(client.search_model_versions("name='rollforge-student'")) == 1
 
-    third = rollforge_run(run_dir, "run.distill.max_steps=3")
-    expect = {s: "skipped" for s in STAGES[:4]} | {s: "done" for s in STAGES[4:]}
+    # a changed evaluation setting reruns evaluate and export only (stage fingerprints are one function
+    # for every stage: tests/unit/test_dag.py changes a training stage's setting)
+    third = rollforge_run(run_dir, "run.evaluate.seconds=2")
+    expect = {s: "skipped" for s in STAGES[:5]} | {s: "done" for s in STAGES[5:]}
     assert status_lines(third) == expect
     assert len(client.search_model_versions("name='rollforge-student'")) == 2
     after = runs_by_name(client)
     for stage in STAGES:  # the changed stages started over, each in a fresh nested run
-        assert len(after[stage]) == (2 if stage in STAGES[4:] else 1), stage
-    (distill,) = [r for r in after["distill"] if r.info.run_id != runs["distill"][0].info.run_id]
-    assert "loss" in distill.data.metrics and (run_dir / "distill/checkpoints/step_000003").is_dir()
+        assert len(after[stage]) == (2 if stage in STAGES[5:] else 1), stage
+    (evaluate,) = [r for r in after["evaluate"] if r.info.run_id != runs["evaluate"][0].info.run_id]
+    steps = client.get_metric_history(evaluate.info.run_id, "rolling/chunk_world_pass_rate")
+    assert sorted(m.step for m in steps) == [0, 1]  # 2 s: two 1 s chunks
