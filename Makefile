@@ -20,7 +20,7 @@ install:
 # Two pytest workers, one test file each at a time: many tests wait on subprocesses (Ray, DeepSpeed
 # ranks, a browser), so two keep both cores busy. Session fixtures are built once (tests/conftest.py).
 # One thread per process: the workers' and their subprocesses' torch thread pools otherwise
-# oversubscribe the cores (9:36 -> 8:00 for the suite on 2 cores, docs/BENCHMARKS.md "CI"). Ray Train's
+# oversubscribe the cores (9:36 -> 8:00 on 2 cores; docs/BENCHMARKS.md, "CI"). Ray Train's
 # controller polls its workers every 2 s by default, which adds ~3 s to each short test run.
 test:
 	OMP_NUM_THREADS=1 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest -n 2 --dist loadfile
