@@ -50,6 +50,7 @@ from training.ode_parts import complete_parts, part_path, write_marker
 from training.roles import role_model
 
 from .config import from_dict, to_dict
+from .config_paths import absolute_paths
 from .distributed import init_ray
 from .schema import Config
 
@@ -65,13 +66,8 @@ _POLL_S = 1.0  # how often a blocked worker / learner looks up from the queue to
 
 
 def _actor_cfg(cfg: Config) -> dict:
-    """The config as a dict with the paths actors read made absolute (actors may run elsewhere)."""
-    d = to_dict(cfg)
-    for section, key in (("data", "latents"), ("train", "teacher")):
-        value = d[section][key]
-        if value and Path(value).exists():
-            d[section][key] = str(Path(value).resolve())
-    return d
+    """The config as a dict with its paths made absolute (actors may run elsewhere)."""
+    return to_dict(absolute_paths(cfg))
 
 
 def _runtime_env() -> dict:
