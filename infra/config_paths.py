@@ -2,9 +2,10 @@
 
 Ray Train runs each learner (and Ray each rollout actor) in its own working directory, not the one
 `rollforge` was started in, so `model.weights=models/world_teacher` given on the command line would
-name nothing there. The driver rewrites every path-valued key against its own working directory first. A relative value that names
-nothing here is left alone: a Hugging Face id such as `text.tokenizer=google/umt5-xxl`, or an output
-folder a later step creates (whose error, if any, then names the value the user typed).
+name nothing there. The driver rewrites every path-valued key against its own working directory
+first. A relative value that names nothing here is left alone: a Hugging Face id such as
+`text.tokenizer=google/umt5-xxl`, or an output folder a later step creates (whose error, if any,
+then names the value the user typed).
 """
 
 from __future__ import annotations
