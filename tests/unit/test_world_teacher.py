@@ -28,13 +28,16 @@ def test_shipped_export_is_complete_small_and_fits_its_configs():
     assert (TEACHER / "model.safetensors").stat().st_size <= MAX_BYTES
     meta = json.loads((TEACHER / "config.json").read_text())
     assert meta["stage"] == "teacher" and meta["ema"] is True and meta["dtype"] == "float16"
+    vocabs = set()
     for name in ("world_teacher.yaml", "demo.yaml"):
         cfg = load_config(Config, REPO / "configs" / name)
+        vocabs.add(cfg.run.demo.world_vocab)
         check_export_model(TEACHER, cfg.model)  # raises naming the first differing model.* key
         for section in ("video", "codec", "stream"):
             saved = meta[section]
             mine = json.loads(json.dumps(getattr(cfg, section).__dict__, default=list))
             assert {k: saved[k] for k in mine if k in saved} == {k: mine[k] for k in mine if k in saved}, (name, section)
+    assert len(vocabs) == 1, f"the demo's prompts must come from the teacher's world: {sorted(vocabs)}"
 
 
 @pytest.mark.slow  # ~5 s: two 20-step bidirectional samples with the real 5 M-parameter teacher
@@ -44,7 +47,8 @@ def test_shipped_teacher_draws_unseen_world_prompts():
     cfg = load_config(Config, REPO / "configs" / "demo.yaml")
     gen = StreamingGenerator(cfg, checkpoint=TEACHER)
     seconds = cfg.codec.video_frames(cfg.stream.context_frames) / cfg.video.fps
-    truths = world_truths(2, 32, 32, cfg.video.fps, seconds, seed=cfg.run.evaluate.world_seed, vocab="laptop")
+    truths = world_truths(2, 32, 32, cfg.video.fps, seconds, seed=cfg.run.evaluate.world_seed,
+                          vocab=cfg.run.demo.world_vocab)
     checks = []
     for truth in truths:
         frames = np.concatenate(list(gen.stream_video(PromptSchedule.single(truth["caption"]), cfg.stream.context_blocks,
