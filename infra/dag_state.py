@@ -64,7 +64,8 @@ class StageRecord:
 
     def __init__(self, run_dir: str | Path, stage: str):
         self.stage = stage
-        self.dir = Path(run_dir) / "stages" / stage
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "stages" / stage
 
     def done(self) -> dict | None:
         return _read_json(self.dir / DONE)
@@ -75,12 +76,16 @@ class StageRecord:
 
     def start(self, fp: str, outputs: list[str | Path]) -> bool:
         """Mark the stage as started under `fp`; returns True when it resumes an attempt with the same
-        fingerprint. Outputs of an attempt (finished or not) under another fingerprint are removed."""
+        fingerprint. Outputs of an attempt (finished or not) under another fingerprint are removed: the
+        stage's `outputs` in this run dir, and the recorded ones that lie inside it. Recorded paths
+        outside it belong to another run (this directory was copied or moved) and are left alone."""
         started = _read_json(self.dir / STARTED) or self.done()
         resumed = bool(started and started.get("fingerprint") == fp)
         if started and not resumed:
-            for out in started.get("outputs", []):
-                _remove(Path(out))
+            mine = self.run_dir.resolve()
+            recorded = [Path(p) for p in started.get("outputs", [])]
+            for out in [*map(Path, outputs), *(p for p in recorded if p.resolve().is_relative_to(mine))]:
+                _remove(out)
             (self.dir / RUN_ID_FILE).unlink(missing_ok=True)  # a new attempt gets its own MLflow run
         (self.dir / DONE).unlink(missing_ok=True)
         _write_json(self.dir / STARTED, {"stage": self.stage, "fingerprint": fp, "started_at": time.time(),

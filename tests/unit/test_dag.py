@@ -1,5 +1,6 @@
 """`rollforge run` logic without running stages: configs per stage, fingerprints, completion records."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,20 @@ def test_stage_record_resumes_same_config_and_clears_another(tmp_path):
     rec.start("fp1", [out])
     assert rec.start("fp1", [out]) is True and (out / "checkpoints").is_dir()  # interrupted: resume
     assert rec.start("fp2", [out]) is False and not out.exists()  # other config: start over
+
+
+def test_a_copied_run_dir_starting_over_never_touches_the_original(tmp_path):
+    """Branching an experiment by copying a run dir, then changing a setting: the copy's record lists
+    the original's paths; starting over clears the copy's own outputs and leaves the original's."""
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    (orig / "distill" / "checkpoints").mkdir(parents=True)
+    rec = StageRecord(orig, "distill")
+    rec.start("fp1", [orig / "distill"])
+    rec.finish("fp1", [orig / "distill"], {})
+    shutil.copytree(orig, copy)
+    assert StageRecord(copy, "distill").start("fp2", [copy / "distill"]) is False
+    assert (orig / "distill" / "checkpoints").is_dir() and rec.is_complete("fp1")
+    assert not (copy / "distill").exists()  # no stale checkpoint to resume under the new config
 
 
 def test_folder_listing_sees_added_and_changed_files(tmp_path):
