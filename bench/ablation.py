@@ -1,12 +1,13 @@
 """Benchmark (issue 12): the Rolling Forcing paper's ablation (its Table 3), small, on the world checks.
 
-Same teacher, same ODE init, same DMD budget. Two students are distilled from them — `rf` with the
-reference's Rolling Forcing rollouts (train.p_self_forcing = 0.5) and `sf` with Self-Forcing rollouts
-only (p_self_forcing = 1) — and five variants stream them (evaluation/ablation.py):
+Same teacher, same ODE init, same DMD budget. Three students are distilled from them — `rf` with the
+reference's Rolling Forcing rollouts (train.p_self_forcing = 0.5), `rf_no_sink` the same without the
+attention sink (stream.sink_blocks = 0) and `sf` with Self-Forcing rollouts only (p_self_forcing = 1)
+— and five variants stream them (evaluation/ablation.py):
 
-    full             rf, rolling, sink          no_rf_inference  rf, block_ar, sink
-    no_sink          rf, rolling, no sink       no_rf_training   sf, rolling, sink
-                                                self_forcing     sf, block_ar, sink
+    full             rf, rolling, sink                  no_rf_inference  rf, block_ar, sink
+    no_sink          rf_no_sink, rolling, no sink       no_rf_training   sf, rolling, sink
+                                                        self_forcing     sf, block_ar, sink
 
 Every variant streams the same world prompts (captions of worlds drawn with run.evaluate.world_seed,
 unseen in training) with every seed, to --length-factor x the longest training rollout, and each
@@ -25,7 +26,7 @@ Steps:
   1. the shared teacher + ODE init: --from-run DIR reuses DIR/teacher/export, DIR/ode_init/export and
      DIR/data/latents (e.g. outputs/demo after `make demo`); otherwise `rollforge run --stages
      shard,precompute,teacher,ode_init` builds them in OUT/runs/base (the config's pretrained teacher);
-  2. `rollforge run --stages distill,export` per student in OUT/runs/{rf,sf} (reruns skip them);
+  2. `rollforge run --stages distill,export` per student in OUT/runs/{rf,rf_no_sink,sf} (reruns skip them);
   3. the streams: OUT/eval/<variant>/seed<k>/ (videos, metrics.json, frame strips);
   4. OUT/metrics.json, OUT/report.{md,html}, OUT/plots/*.png (world pass rate per chunk, one line per
      variant; frame strips) and OUT/ablation.json = the JSON object printed last.
@@ -172,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     students: dict[str, dict] = {}
     shared = None
     if args.untrained:
-        students = {name: {"export": None, "p_self_forcing": p_sf} for name, p_sf in STUDENTS.items()}
+        students = {name: {"export": None, "p_self_forcing": st.p_self_forcing, "sink": st.sink}
+                    for name, st in STUDENTS.items()}
     else:
         shared, walls["shared_teacher_ode_init"] = shared_start(args.config, args.from_run, out, log)
-        for name, p_sf in STUDENTS.items():
-            students[name] = distill_student(args.config, out, name, p_sf, shared, steps, log)
+        for name, st in STUDENTS.items():
+            no_sink = [] if st.sink else ["stream.sink_blocks=0"]
+            students[name] = {**distill_student(args.config, out, name, st.p_self_forcing, shared, steps, log,
+                                                overrides=no_sink), "sink": st.sink}
             walls[f"distill_{name}"] = students[name]["wall_s"]
 
     log(f"streaming {seconds:g} s x {len(prompts)} world prompts x {len(seeds)} seeds for {', '.join(VARIANTS)}")
@@ -244,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                                          baselines["ode_init"]["frechet_to_teacher"]["mean"]),
             "world_chunk_pass_rate": _lower(baselines["ode_init"]["world_chunk_pass_rate"]["mean"],
                                             variants["full"]["world_chunk_pass_rate"]["mean"])},
-        "variant_settings": {n: {**asdict(v), "p_self_forcing": STUDENTS[v.student]} for n, v in VARIANTS.items()},
+        "variant_settings": {n: {**asdict(v), "p_self_forcing": STUDENTS[v.student].p_self_forcing,
+                                 "trained_with_sink": STUDENTS[v.student].sink} for n, v in VARIANTS.items()},
         "world_chunk_pass_rate_by_chunk": {n: samplers[n].get("world_chunk_pass_rate_by_chunk") for n in samplers},
         "world_chunk_times_s": samplers["full"].get("world_chunk_times_s"),
         "stream_seconds": seconds,

@@ -1,16 +1,16 @@
 """The paper's ablation, small (bench/ablation.py): variants, per-stream numbers, mean ± standard error.
 
 Rolling Forcing's Table 3 removes one ingredient at a time. Here every variant shares the teacher, the
-ODE init and the DMD budget; two students are distilled (`rf`: Rolling Forcing rollouts mixed with
-Self-Forcing ones as in the reference, `sf`: Self-Forcing rollouts only) and each variant streams
-one of them:
+ODE init and the DMD budget; three students are distilled (`rf`: Rolling Forcing rollouts mixed with
+Self-Forcing ones as in the reference, `rf_no_sink`: the same without the attention sink,
+`sf`: Self-Forcing rollouts only) and each variant streams one of them:
 
-    variant           student  sampler   attention sink
-    full              rf       rolling   yes
-    no_sink           rf       rolling   no  (stream.sink_blocks = 0 at inference; trained with it)
-    no_rf_inference   rf       block_ar  yes
-    no_rf_training    sf       rolling   yes
-    self_forcing      sf       block_ar  yes
+    variant           student     sampler   attention sink
+    full              rf          rolling   yes
+    no_sink           rf_no_sink  rolling   no  (stream.sink_blocks = 0 in training and at inference)
+    no_rf_inference   rf          block_ar  yes
+    no_rf_training    sf          rolling   yes
+    self_forcing      sf          block_ar  yes
 
 Per stream (one world prompt, one seed), streamed to 10x the training rollout:
     drift                    share of the last third's chunks failing the world checks (lower is better)
@@ -41,10 +41,17 @@ class Variant:
     what: str
 
 
-STUDENTS = {"rf": RF_P_SELF_FORCING, "sf": 1.0}  # student -> train.p_self_forcing
+@dataclass(frozen=True)
+class Student:
+    p_self_forcing: float  # train.p_self_forcing of its DMD rollouts
+    sink: bool  # trained with the config's attention sink; False: stream.sink_blocks = 0 in training
+
+
+STUDENTS: dict[str, Student] = {"rf": Student(RF_P_SELF_FORCING, True), "rf_no_sink": Student(RF_P_SELF_FORCING, False),
+                                "sf": Student(1.0, True)}
 VARIANTS: dict[str, Variant] = {
     "full": Variant("rf", "rolling", True, "Rolling Forcing training, rolling inference, attention sink"),
-    "no_sink": Variant("rf", "rolling", False, "the full student streamed without the sink (trained with it)"),
+    "no_sink": Variant("rf_no_sink", "rolling", False, "a Rolling Forcing student trained and streamed without the sink"),
     "no_rf_inference": Variant("rf", "block_ar", True, "the full student sampled block by block"),
     "no_rf_training": Variant("sf", "rolling", True, "a Self-Forcing-trained student (p_self_forcing=1), rolling"),
     "self_forcing": Variant("sf", "block_ar", True, "a Self-Forcing-trained student sampled block by block"),
@@ -117,5 +124,5 @@ def ordering(variants: dict[str, dict], metric: str = "drift", reference: str = 
     return out
 
 
-__all__ = ["METRICS", "MIN_SECONDS", "RF_P_SELF_FORCING", "SE_MARGIN", "STUDENTS", "VARIANTS", "Variant", "mean_se",
+__all__ = ["METRICS", "MIN_SECONDS", "RF_P_SELF_FORCING", "SE_MARGIN", "STUDENTS", "VARIANTS", "Student", "Variant", "mean_se",
            "longest_rollout", "ordering", "stream_numbers", "stream_seconds", "summarise", "training_seconds"]

@@ -147,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tracker.log_params(cfg)
         tracker.log_params({"eval.checkpoint": str(checkpoint) if checkpoint else "none",
                             "eval.num_prompts": len(e.prompts)})
-        sinks = drift_sinks(cfg.video.fps, e.chunk_seconds, e.seconds)
+        sinks = drift_sinks(cfg.video.fps, e.chunk_seconds, e.seconds, e.drift_sample_every)
         if args.world_truths:
             sinks["world"] = world_sinks(args.world_truths, e.chunk_seconds, cfg.video.fps)
         print(f"evaluating {', '.join(e.samplers)} on {len(e.prompts)} prompt(s), {e.seconds:g} s each",

@@ -43,6 +43,9 @@ class EvalStageConfig:
     seconds: float = 10.0  # streamed per prompt and sampler
     prompts: list[str] = field(default_factory=lambda: ["a red circle moving across a black background"])
     chunk_seconds: float = 1.0  # drift metrics are computed per chunk of the stream
+    # The image-model drift metrics (BRISQUE, EfficientNet-Lite0 features) score every k-th frame only:
+    # they are most of an evaluation's CPU time. World checks, flicker and brightness see every frame.
+    drift_sample_every: int = 1
     ema: bool = True  # evaluate the distilled EMA weights (else the raw generator)
     # World prompts: with world_prompts = N > 0 the prompts are the captions of N worlds drawn with
     # world_seed from run.demo's vocabulary (a seed the training worlds did not use: unseen videos), and
@@ -106,6 +109,8 @@ class RunConfig:
                               f"got {e.samplers}")
         if e.seconds <= 0 or e.chunk_seconds <= 0:
             raise ConfigError(f"{prefix}.evaluate: seconds and chunk_seconds must be positive")
+        if e.drift_sample_every < 1:
+            raise ConfigError(f"{prefix}.evaluate.drift_sample_every: must be >= 1 (1 = score every frame)")
         if e.world_prompts < 0:
             raise ConfigError(f"{prefix}.evaluate.world_prompts: must be >= 0 (0 = use run.evaluate.prompts)")
         if e.world_seed < 0:

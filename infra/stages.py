@@ -306,7 +306,7 @@ def run_evaluate(ctx: StageContext, tracker: Tracker) -> dict:
     checkpoint = ctx.export_dir(last) if last else None
     e = ctx.cfg.run.evaluate
     out = ctx.run_dir / "eval"
-    sinks = drift_sinks(ctx.cfg.video.fps, e.chunk_seconds, e.seconds)
+    sinks = drift_sinks(ctx.cfg.video.fps, e.chunk_seconds, e.seconds, e.drift_sample_every)
     prompts = e.prompts
     if e.world_prompts:
         truths = eval_world_truths(ctx.cfg)

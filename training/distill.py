@@ -28,6 +28,7 @@ and rolls out only the scored continuation; rank 0 publishes the generator's wei
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ from .objective import Objective
 from .publish import PublishSchedule, full_weights
 from .roles import critic_init, student_init
 from .rollouts import rolling_rollout, self_forcing_rollout
+
+log = logging.getLogger("rollforge.train")
+
+
+def generator_steps(max_steps: int, critic_updates_per_generator: int) -> int:
+    """Generator updates in steps 1..max_steps: the generator steps when step % ratio == 0."""
+    return max_steps // critic_updates_per_generator
 
 
 @dataclass
@@ -81,6 +89,10 @@ class DistillObjective(Objective):
         self.wrap("generator", self.new_dit(student_init(self.cfg, self.roles), trainable=True), tr.generator)
         self.wrap("critic", self.new_dit(critic_init(self.cfg, self.roles), trainable=True, role="critic"), tr.critic)
         self.ema = EMA(self.engines["generator"].module, tr.ema_decay, tr.ema_start)
+        if self.rank == 0 and generator_steps(tr.max_steps, tr.critic_updates_per_generator) == 0:
+            log.warning("train.max_steps=%d < train.critic_updates_per_generator=%d: no generator step, only the "
+                        "critic trains and the exported student equals its init", tr.max_steps,
+                        tr.critic_updates_per_generator)
         self.rule = ContextRule.from_stream(s)
         self.score_blocks = s.context_blocks
         self.lengths = tr.rollout_range(s.context_blocks)

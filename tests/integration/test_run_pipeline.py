@@ -21,7 +21,8 @@ STAGES = ["shard", "precompute", "teacher", "ode_init", "distill", "evaluate", "
 # The micro run starts from a random teacher of its own width, published the way the demo publishes the
 # shipped world teacher (training a teacher under Ray Train is tests/integration/test_ray_train.py).
 MICRO = ["run.demo.world=4", "run.demo.world_seconds=1.5", "run.ode_init.max_steps=4", "run.ode_init.ode_pairs=2", "run.ode_init.ode_teacher_steps=4",
-         "run.distill.max_steps=2", "run.evaluate.seconds=1", "run.evaluate.samplers=[rolling]", "run.evaluate.world_prompts=2",
+         "run.distill.max_steps=2", "run.distill.critic_updates_per_generator=2",  # step 2 steps the generator
+         "run.evaluate.seconds=1", "run.evaluate.samplers=[rolling]", "run.evaluate.world_prompts=2",
          "train.checkpoint_every=50", "model.dim=64", "model.ffn_dim=128", "model.num_layers=2"]
 pytestmark = pytest.mark.slow
 

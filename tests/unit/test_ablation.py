@@ -74,3 +74,6 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
         assert all((tmp_path / r["video"]).is_file() for r in merged["samplers"][name]["runs"])
     resolved = json.loads(json.dumps(printed["variant_settings"]))
     assert resolved["no_sink"]["sink"] is False and resolved["no_rf_training"]["p_self_forcing"] == 1.0
+    # no_sink's student is trained without the sink too; every other variant's with it
+    assert {n: v["trained_with_sink"] for n, v in resolved.items()} == {n: n != "no_sink" for n in VARIANTS}
+    assert set(printed["students"]) == {"rf", "rf_no_sink", "sf"} and printed["students"]["rf_no_sink"]["sink"] is False

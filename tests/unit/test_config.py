@@ -79,6 +79,7 @@ BAD = [
     (["sampler.guidance_scale=inf"], "sampler.guidance_scale"),
     (["run.evaluate.seconds=nan"], "run.evaluate.seconds"),
     (["run.evaluate.world_seed=-1"], "run.evaluate.world_seed"),
+    (["run.evaluate.drift_sample_every=0"], "run.evaluate.drift_sample_every"),
 ]
 
 

@@ -5,6 +5,7 @@ WanDiT, the DeepSpeed engine and the latent-shard loader are replaced by minimal
 2-process DeepSpeed path runs in tests/integration/test_train.py).
 """
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -181,6 +182,30 @@ def test_ema_moves_only_on_generator_steps(tmp_path, monkeypatch):
         moved = any(not torch.equal(before[k], v) for k, v in ema.shadow.items())
         assert moved == (step % 3 == 0), step  # the trainer's rule: update iff ema_due
         assert obj.ema_due(logs) == (step % 3 == 0)
+
+
+def test_training_without_the_sink_rolls_past_the_context(tmp_path, monkeypatch):
+    # the ablation's no_sink student (stream.sink_blocks=0): 8-block rollouts of both kinds evict the
+    # first blocks with nothing kept, and both losses stay finite
+    for p_sf in ("0.0", "1.0"):
+        obj = make(tmp_path, monkeypatch, "stream.sink_blocks=0", "train.rollout_blocks=8", "train.min_rollout_blocks=8",
+                   "train.critic_updates_per_generator=1", f"train.p_self_forcing={p_sf}")
+        assert obj.rule.sink_blocks == 0
+        logs = obj.train_step(1)
+        assert logs["rollout/blocks"] == 8 and math.isfinite(logs["loss/generator"]) and math.isfinite(logs["loss/critic"])
+
+
+def test_a_run_too_short_for_one_generator_step_says_so(tmp_path, monkeypatch, caplog):
+    # the count agrees with train_step's rule (the generator steps when step % ratio == 0, steps from 1)
+    for steps, ratio in ((200, 5), (4, 5), (5, 5), (7, 2), (1, 1)):
+        assert distill_mod.generator_steps(steps, ratio) == sum(s % ratio == 0 for s in range(1, steps + 1))
+    with caplog.at_level("WARNING", logger="rollforge.train"):
+        make(tmp_path, monkeypatch, "train.max_steps=4", "train.critic_updates_per_generator=5")
+    assert "no generator step" in caplog.text and "train.max_steps=4" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rollforge.train"):
+        make(tmp_path, monkeypatch, "train.max_steps=5", "train.critic_updates_per_generator=5")
+    assert "no generator step" not in caplog.text
 
 
 def test_batch_of_two_prompts_goes_through_rollout_and_both_losses(tmp_path, monkeypatch):
