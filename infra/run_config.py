@@ -44,7 +44,7 @@ class EvalStageConfig:
     prompts: list[str] = field(default_factory=lambda: ["a red circle moving across a black background"])
     chunk_seconds: float = 1.0  # drift metrics are computed per chunk of the stream
     # The image-model drift metrics (BRISQUE, EfficientNet-Lite0 features) score every k-th frame only:
-    # they are most of an evaluation's CPU time. World checks, flicker and brightness see every frame.
+    # they are about 40 % of an evaluation's CPU time. World checks, flicker and colour see every frame.
     drift_sample_every: int = 1
     ema: bool = True  # evaluate the distilled EMA weights (else the raw generator)
     # World prompts: with world_prompts = N > 0 the prompts are the captions of N worlds drawn with
