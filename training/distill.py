@@ -53,8 +53,13 @@ from .rollouts import rolling_rollout, self_forcing_rollout
 log = logging.getLogger("rollforge.train")
 
 
+def is_generator_step(step: int, critic_updates_per_generator: int) -> bool:
+    """Steps count from 1; the generator steps on every `critic_updates_per_generator`-th (the critic on all)."""
+    return step % critic_updates_per_generator == 0
+
+
 def generator_steps(max_steps: int, critic_updates_per_generator: int) -> int:
-    """Generator updates in steps 1..max_steps: the generator steps when step % ratio == 0."""
+    """Generator updates in steps 1..max_steps (`is_generator_step` counted in closed form)."""
     return max_steps // critic_updates_per_generator
 
 
@@ -122,7 +127,7 @@ class DistillObjective(Objective):
         logs: dict = {}
         times = {"data": 0.0, "rollout": 0.0, "compute": 0.0}
         tokens = 0
-        train_generator = step % tr.critic_updates_per_generator == 0
+        train_generator = is_generator_step(step, tr.critic_updates_per_generator)
         if train_generator:
             g = self._rollout(step, with_grad=True, first=True, times=times)
             t0 = time.perf_counter()
