@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .dist import all_true, barrier
 from .ema import EMA
-from .engines import engine_params_finite
+from .engines import engine_params_finite, restore_config_lr
 
 CRASH_ENV = "ROLLFORGE_CRASH_DURING_SAVE"  # test hook: step at which a save dies half-way
 
@@ -115,6 +115,7 @@ def load_checkpoint(path: Path, engines: dict, ema: EMA | None, rank: int) -> di
                                            load_lr_scheduler_states=True)
         if loaded is None:
             raise FileNotFoundError(f"{path / name}: no DeepSpeed checkpoint to resume from")
+        restore_config_lr(engine.optimizer, engine.lr_scheduler)  # after ZeRO, which loads the groups last
     if ema is not None:
         ema.load_state_dict(load_file(str(path / f"ema_rank{rank}.safetensors")))
     state = torch.load(path / f"trainer_rank{rank}.pt", map_location="cpu", weights_only=True)

@@ -40,11 +40,45 @@ def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig):
     """LambdaLR over `training.lr_schedule.lr_factor`, or None for a constant rate without warmup."""
     if optim.warmup_steps == 0 and optim.decay == "constant":
         return None
-    # A plain closure: LambdaLR then checkpoints only its step count, so a resumed run follows the
-    # schedule of the config it resumes with (e.g. a constant-rate run resumed into a decay).
+    # A plain closure: LambdaLR then checkpoints no schedule, so a resumed run follows the schedule of
+    # the config it resumes with (e.g. a constant-rate run resumed into a decay).
     sched = dict(warmup_steps=optim.warmup_steps, decay=optim.decay, decay_start=optim.decay_start,
                  decay_steps=optim.decay_steps, min_lr_ratio=optim.min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, **sched))
+    return ConfigLR(optimizer, lambda s: lr_factor(s, **sched))
+
+
+class ConfigLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose base rates come from the config, never from a checkpoint.
+
+    LambdaLR's state holds `base_lrs` (the optimizer's `initial_lr`), so a plain resume keeps the base
+    rate the run started with and silently ignores a changed `lr`. Here a checkpoint restores only the
+    step count, and `sync_lr()` (called once the optimizer state is loaded too) sets every group's rate
+    for the next step: lr = config lr * lr_factor(step).
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        base = list(self.base_lrs)
+        super().load_state_dict(state_dict)
+        self.base_lrs = base
+        self.sync_lr()
+
+    def sync_lr(self) -> None:
+        for group, base, factor in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(self.last_epoch)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
+def restore_config_lr(optimizer, scheduler) -> None:
+    """After a checkpoint load, set the learning rate the config asks for (the checkpoint's groups carry
+    the rate they were saved with): the schedule's rate, or the optimizer's constructor `lr` when the
+    rate is constant. `optimizer` is a torch optimizer or DeepSpeed's ZeRO wrapper of one."""
+    if hasattr(scheduler, "sync_lr"):
+        scheduler.sync_lr()
+    elif scheduler is None:
+        base = getattr(optimizer, "optimizer", optimizer)
+        for group in base.param_groups:
+            group["lr"] = base.defaults["lr"]
 
 
 def build_engine(model: nn.Module, optim: OptimConfig, train: TrainConfig, dtype: torch.dtype):

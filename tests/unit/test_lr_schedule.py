@@ -43,3 +43,48 @@ def test_scheduler_follows_the_config_it_resumes_with():
     opt2.step()
     resumed.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.7 * 0.9)  # warmup 7/10 x linear decay at 1 of 10
+
+
+def test_a_resumed_scheduler_takes_the_base_rate_of_its_config():
+    """LambdaLR's own state carries base_lrs; a run resumed with a new `lr` must use the new one."""
+    from training.config import OptimConfig
+    from training.engines import make_optimizer, make_scheduler
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    old = OptimConfig(lr=5e-4, warmup_steps=1, decay="cosine", decay_start=2, decay_steps=2, min_lr_ratio=0.04)
+    opt = make_optimizer(p, old)
+    sched = make_scheduler(opt, old)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 * 0.04)
+    new = OptimConfig(lr=1e-4, warmup_steps=1, decay="cosine", decay_start=4, decay_steps=2, min_lr_ratio=0.2)
+    opt2 = make_optimizer(p, new)
+    resumed = make_scheduler(opt2, new)
+    opt2.load_state_dict(opt.state_dict())  # the checkpoint's groups still say 5e-4 / 2e-5
+    resumed.load_state_dict(sched.state_dict())
+    assert resumed.last_epoch == 4
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4)  # new base x factor(4) = 1
+    opt2.param_groups[0]["lr"] = 123.0  # as when the optimizer state is loaded after the scheduler (ZeRO)
+    resumed.sync_lr()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-4)
+    for _ in range(2):
+        opt2.step()
+        resumed.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(2e-5) and resumed.base_lrs == [1e-4]
+
+
+def test_a_resumed_constant_rate_takes_the_lr_of_its_config():
+    """Without a scheduler the optimizer's saved groups would keep the old rate."""
+    from training.config import OptimConfig
+    from training.engines import make_optimizer, make_scheduler, restore_config_lr
+
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    opt = make_optimizer(p, OptimConfig(lr=5e-4))
+    opt.step()
+    new = OptimConfig(lr=1e-4)
+    opt2 = make_optimizer(p, new)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["lr"] == 5e-4
+    restore_config_lr(opt2, make_scheduler(opt2, new))
+    assert opt2.param_groups[0]["lr"] == 1e-4
