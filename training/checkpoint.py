@@ -115,7 +115,7 @@ def load_checkpoint(path: Path, engines: dict, ema: EMA | None, rank: int) -> di
                                            load_lr_scheduler_states=True)
         if loaded is None:
             raise FileNotFoundError(f"{path / name}: no DeepSpeed checkpoint to resume from")
-        restore_config_lr(engine.optimizer, engine.lr_scheduler)  # after ZeRO, which loads the groups last
+        restore_config_lr(engine.optimizer, engine.lr_scheduler, engine.global_steps)  # after ZeRO's group load
     if ema is not None:
         ema.load_state_dict(load_file(str(path / f"ema_rank{rank}.safetensors")))
     state = torch.load(path / f"trainer_rank{rank}.pt", map_location="cpu", weights_only=True)

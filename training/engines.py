@@ -56,10 +56,15 @@ class ConfigLR(torch.optim.lr_scheduler.LambdaLR):
     for the next step: lr = config lr * lr_factor(step).
     """
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    restored = False  # whether a checkpoint held this schedule's state (a constant-rate run's has none)
+
+    def load_state_dict(self, state_dict: dict | None) -> None:
+        if state_dict is None:  # saved without a schedule: restore_config_lr sets the step count
+            return
         base = list(self.base_lrs)
         super().load_state_dict(state_dict)
         self.base_lrs = base
+        self.restored = True
         self.sync_lr()
 
     def sync_lr(self) -> None:
@@ -69,11 +74,15 @@ class ConfigLR(torch.optim.lr_scheduler.LambdaLR):
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
-def restore_config_lr(optimizer, scheduler) -> None:
+def restore_config_lr(optimizer, scheduler, optimizer_steps: int) -> None:
     """After a checkpoint load, set the learning rate the config asks for (the checkpoint's groups carry
     the rate they were saved with): the schedule's rate, or the optimizer's constructor `lr` when the
-    rate is constant. `optimizer` is a torch optimizer or DeepSpeed's ZeRO wrapper of one."""
+    rate is constant. `optimizer` is a torch optimizer or DeepSpeed's ZeRO wrapper of one;
+    `optimizer_steps` (the engine's restored `global_steps`) places a schedule resumed from a run that
+    had none, e.g. a constant rate resumed into a decay."""
     if hasattr(scheduler, "sync_lr"):
+        if not scheduler.restored:
+            scheduler.last_epoch = optimizer_steps
         scheduler.sync_lr()
     elif scheduler is None:
         base = getattr(optimizer, "optimizer", optimizer)

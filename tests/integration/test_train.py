@@ -158,10 +158,11 @@ def test_resume_is_bit_identical_and_survives_a_crash_mid_save(teacher, latents,
     ema_got = load_file(str(tmp_path / "run/checkpoints/step_000006/ema.safetensors"))
     assert all(torch.equal(ema_ref[k], ema_got[k]) for k in ema_ref)
     assert not list((tmp_path / "run/checkpoints").glob("*.partial"))
-    # a resume takes the config's learning rate, not the one saved in the optimizer's groups
-    train(tmp_path / "run", "teacher", latents, *over, "train.generator.lr=3e-5", steps=7, resume=True)
+    # a constant rate resumed into a new rate and a decay: lr 8e-5 * (1 - s/8), placed at the saved step
+    train(tmp_path / "run", "teacher", latents, *over, "train.generator.lr=8e-5", "train.generator.decay=linear",
+          "train.generator.decay_steps=8", steps=7, resume=True)
     lrs, _, _ = losses(tmp_path / "run", "lr/generator")
-    assert lrs[-1] == pytest.approx(3e-5) and lrs[0] == pytest.approx(1e-4)
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(8e-5 * (1 - 7 / 8))
 
 
 def test_non_finite_losses_are_skipped_then_abort_without_checkpoint(latents, tmp_path):

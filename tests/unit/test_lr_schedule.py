@@ -86,5 +86,13 @@ def test_a_resumed_constant_rate_takes_the_lr_of_its_config():
     opt2 = make_optimizer(p, new)
     opt2.load_state_dict(opt.state_dict())
     assert opt2.param_groups[0]["lr"] == 5e-4
-    restore_config_lr(opt2, make_scheduler(opt2, new))
+    restore_config_lr(opt2, make_scheduler(opt2, new), optimizer_steps=1)
     assert opt2.param_groups[0]["lr"] == 1e-4
+    # resumed into a decay: the saved run had no schedule state, the step count comes from the engine
+    decay = OptimConfig(lr=1e-4, decay="linear", decay_start=0, decay_steps=4)
+    opt3 = make_optimizer(p, decay)
+    sched = make_scheduler(opt3, decay)
+    opt3.load_state_dict(opt.state_dict())
+    sched.load_state_dict(None)
+    restore_config_lr(opt3, sched, optimizer_steps=3)
+    assert sched.last_epoch == 3 and opt3.param_groups[0]["lr"] == pytest.approx(0.25e-4)
