@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -157,31 +158,69 @@ class WorldSpec:
 # ------------------------------------------------------------------------------------ sampling
 
 
+class Subject(NamedTuple):
+    """What a one-object world's caption names: its background and its object's colour, size name and kind."""
+
+    background: str
+    colour: str
+    size: str
+    kind: str
+
+
+def vocab_subjects(vocab: str | WorldVocab) -> list[Subject]:
+    """Every subject of `vocab` in a fixed order: for a one-object vocabulary, every caption it can draw
+    (laptop_big: 2 backgrounds x 4 colours x 2 sizes x 2 kinds = 32)."""
+    v = world_vocab(vocab) if isinstance(vocab, str) else vocab
+    return [Subject(b, c, s, k) for b in sorted(v.backgrounds) for c in sorted(v.colours) for s, _ in v.sizes
+            for k in v.kinds]
+
+
+def covering_subjects(count: int, seed: int, vocab: str | WorldVocab) -> list[Subject]:
+    """`count` subjects that cycle through every subject of `vocab` in shuffled rounds: any
+    n * len(subjects) of them hold each subject n times, so a dataset of at least that many worlds
+    names every caption (a random draw of 64 laptop_big worlds misses about 4 of the 32)."""
+    subjects, rng, out = vocab_subjects(vocab), random.Random(seed), []
+    while len(out) < count:
+        round_ = list(subjects)
+        rng.shuffle(round_)
+        out.extend(round_)
+    return out[:count]
+
+
 def sample_world(rng: random.Random, width: int, height: int, fps: int, seconds: float,
-                 max_shapes: int | None = None, seed: int | None = None, vocab: str | WorldVocab = "full") -> WorldSpec:
+                 max_shapes: int | None = None, seed: int | None = None, vocab: str | WorldVocab = "full",
+                 subject: Subject | None = None) -> WorldSpec:
     """A random world of `vocab`: 1..max_shapes shapes of distinct colours (none the background's),
     each of a named size and a per-axis speed in `vocab.speed` short sides per second.
 
     Only `rng` is consumed, so the result is a pure function of its state; `seed` is recorded.
-    `max_shapes` (default: the vocabulary's) caps the object count.
+    `max_shapes` (default: the vocabulary's) caps the object count. `subject` (one of
+    `vocab_subjects(vocab)`) fixes the background and the first object's colour, size and kind;
+    positions, speeds and any further objects stay random.
     """
     v = world_vocab(vocab) if isinstance(vocab, str) else vocab
     max_shapes = v.max_shapes if max_shapes is None else max_shapes
     if max_shapes < 1:
         raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
+    if subject is not None and subject not in vocab_subjects(v):
+        raise ValueError(f"subject {subject} is not in the vocabulary (background, colour, size name, kind)")
     short = min(width, height)
-    background = rng.choice(sorted(v.backgrounds))
+    background = rng.choice(sorted(v.backgrounds)) if subject is None else subject.background
     palette = sorted(v.colours)
     count = rng.randint(1, min(max_shapes, len(palette)))
-    colours = rng.sample(palette, count)
+    if subject is None:
+        colours = rng.sample(palette, count)
+    else:
+        colours = [subject.colour, *rng.sample([c for c in palette if c != subject.colour], count - 1)]
     shapes = []
-    for colour in colours:
-        size_name, fraction = rng.choice(v.sizes)
+    for j, colour in enumerate(colours):
+        forced = subject if j == 0 else None
+        size_name, fraction = rng.choice(v.sizes) if forced is None else (forced.size, dict(v.sizes)[forced.size])
         size = max(4, int(round(short * fraction)))
         r = size / 2
         pos = (rng.uniform(r, width - r), rng.uniform(r, height - r))
         vel = tuple(rng.choice((-1, 1)) * short * rng.uniform(*v.speed) for _ in range(2))
-        shapes.append(ShapeSpec(kind=rng.choice(v.kinds), colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
+        shapes.append(ShapeSpec(kind=rng.choice(v.kinds) if forced is None else forced.kind, colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
                                 position=(round(pos[0], 3), round(pos[1], 3)),
                                 velocity=(round(vel[0], 3), round(vel[1], 3)), size_name=size_name))
     return WorldSpec(background=background, background_rgb=BACKGROUNDS[background], shapes=shapes,
@@ -294,25 +333,32 @@ def world_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) & 0x7FFFFFFF
 
 
+def world_specs(count: int, width: int, height: int, fps: int, seconds: float, seed: int,
+                vocab: str = "full", max_shapes: int | None = None, cover: bool = False) -> list[WorldSpec]:
+    """The specs of a world dataset: world i is drawn from `random.Random(world_seed(seed, i))`; with
+    `cover`, its subject is `covering_subjects(count, seed, vocab)[i]` (every caption of a one-object
+    vocabulary once `count` reaches their number)."""
+    subjects = covering_subjects(count, seed, vocab) if cover else [None] * count
+    return [sample_world(random.Random(world_seed(seed, i)), width, height, fps, seconds, max_shapes=max_shapes,
+                         seed=world_seed(seed, i), vocab=vocab, subject=subjects[i]) for i in range(count)]
+
+
 def world_truths(count: int, width: int, height: int, fps: int, seconds: float, seed: int,
-                 vocab: str = "full", max_shapes: int | None = None) -> list[dict]:
+                 vocab: str = "full", max_shapes: int | None = None, cover: bool = False) -> list[dict]:
     """The ground truths (`ground_truth`) of the first `count` worlds `write_world_dataset` would write
     with these arguments, without rendering a frame: world prompts to evaluate a generator on."""
-    out = []
-    for i in range(count):
-        s = world_seed(seed, i)
-        out.append(ground_truth(sample_world(random.Random(s), width, height, fps, seconds, max_shapes=max_shapes,
-                                             seed=s, vocab=vocab)))
-    return out
+    return [ground_truth(spec) for spec in world_specs(count, width, height, fps, seconds, seed, vocab, max_shapes,
+                                                          cover)]
 
 
 def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height: int = 64, fps: int = 16,
                         seconds: float = 4.0, seed: int = 0, max_shapes: int | None = None,
-                        vocab: str = "full") -> list[Path]:
+                        vocab: str = "full", cover: bool = False) -> list[Path]:
     """Write `count` worlds as `world_XXXX.mp4` + `world_XXXX.txt` (caption) + `world_XXXX.gt.json`.
 
     Video `i` is drawn from `random.Random(world_seed(seed, i))`, so the dataset is deterministic
-    for a seed and a prefix of a larger dataset equals the smaller one. Each file is written under a
+    for a seed and a prefix of a larger dataset equals the smaller one (without `cover`; with it,
+    the captions cycle through the vocabulary: `world_specs`). Each file is written under a
     temporary name and renamed into place. Returns the mp4 paths in order.
     """
     from pipeline.video_io import Mp4Writer  # av + torch: only when videos are written
@@ -322,10 +368,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
     paths = []
     scratch = Path(tempfile.mkdtemp(prefix=".world-", dir=out))  # same filesystem: os.replace is atomic
     try:
-        for i in range(count):
-            s = world_seed(seed, i)
-            spec = sample_world(random.Random(s), width, height, fps, seconds, max_shapes=max_shapes, seed=s,
-                                vocab=vocab)
+        for i, spec in enumerate(world_specs(count, width, height, fps, seconds, seed, vocab, max_shapes, cover)):
             stem = f"world_{i:04d}"
             video = out / f"{stem}.mp4"
             with Mp4Writer(scratch / video.name, fps=fps, width=width, height=height) as writer:
@@ -341,7 +384,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
 
 
 __all__ = [
-    "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "WORLD_VOCABS", "ShapeSpec", "WorldSpec", "WorldVocab", "caption", "ground_truth", "render",
-    "sample_world", "shape_mask", "shape_position", "spec_from_dict", "spec_to_dict", "world_seed",
-    "world_truths", "world_vocab", "write_world_dataset",
+    "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "WORLD_VOCABS", "ShapeSpec", "Subject", "WorldSpec", "WorldVocab", "caption",
+    "covering_subjects", "ground_truth", "render", "sample_world", "shape_mask", "shape_position", "spec_from_dict",
+    "spec_to_dict", "vocab_subjects", "world_seed", "world_specs", "world_truths", "world_vocab", "write_world_dataset",
 ]

@@ -52,8 +52,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     seed = cfg.data.seed if args.seed is None else args.seed
     written = write_world_dataset(out / "world", count=args.world, width=args.world_size, height=args.world_size,
-                                  fps=cfg.video.fps, seconds=args.seconds, seed=seed, vocab=args.vocab)
-    print(f"procedural world: {len(written)} videos ({args.vocab} vocabulary, seed {seed}) with captions and "
+                                  fps=cfg.video.fps, seconds=args.seconds, seed=seed, vocab=args.vocab,
+                                  cover=args.cover)
+    cover = ", every caption in turn" if args.cover else ""
+    print(f"procedural world: {len(written)} videos ({args.vocab} vocabulary{cover}, seed {seed}) with captions and "
           f"ground truth in {out / 'world'}")
     if not args.no_real:
         real = collect_demo_clips(out / "real")
@@ -118,6 +120,10 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                    help="what worlds contain: full (3 objects, 8 colours, 3 sizes), laptop (1 object, 4 colours, "
                    "2 sizes; world teacher v2's) or laptop_big (laptop with bigger objects; the shipped world "
                    "teacher's) (default full)")
+    m.add_argument("--cover", action="store_true",
+                   help="cycle the captions through the vocabulary (background, colour, size, kind) in shuffled "
+                   "rounds, so that --world of at least their number names every caption (run.demo.world_cover); "
+                   "default: every world drawn at random")
     m.add_argument("--no-real", action="store_true", help="skip collecting real clips")
     m.set_defaults(func=cmd_demo)
 

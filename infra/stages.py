@@ -188,7 +188,7 @@ def _demo_videos(ctx: StageContext) -> Path:
     if d.world:
         write_world_dataset(out / "world", count=d.world, width=d.world_size, height=d.world_size,
                             fps=ctx.cfg.video.fps, seconds=d.world_seconds, seed=ctx.cfg.data.seed,
-                            vocab=d.world_vocab)
+                            vocab=d.world_vocab, cover=d.world_cover)
     if d.real:
         collect_demo_clips(out / "real")
     return out

@@ -15,14 +15,18 @@ from data.world import (
     SHAPE_COLOURS,
     WORLD_VOCABS,
     ShapeSpec,
+    Subject,
     WorldSpec,
     caption,
+    covering_subjects,
     ground_truth,
     render,
     sample_world,
     shape_mask,
     spec_from_dict,
+    vocab_subjects,
     world_seed,
+    world_specs,
     write_world_dataset,
 )
 
@@ -208,3 +212,39 @@ def test_data_demo_seed_draws_another_world_set(tmp_path, capsys):
     assert all(x != y for x, y in zip(a, other))
     assert all(d["seed"] == world_seed(11, i) for i, d in enumerate(a))
     assert "seed 12" in capsys.readouterr().out
+    argv = ["data", "demo", "--out", str(tmp_path / "d"), "--world", "32", "--world-size", "32", "--seconds", "0.25",
+            "--vocab", "laptop", "--no-real", "--seed", "11", "--cover"]
+    assert main(argv) == 0
+    assert "every caption in turn" in capsys.readouterr().out
+    covered = {p.read_text().strip() for p in (tmp_path / "d" / "world").glob("*.txt")}
+    assert len(covered) == 32  # laptop: 32 captions, all named (a random draw of 32 names about 20)
+
+
+def test_cover_names_every_caption_in_shuffled_rounds():
+    """run.demo.world_cover: 64 laptop_big worlds name each of the 32 captions twice (a random draw of 64
+    misses some); positions and speeds stay random, the draw is deterministic, and without cover the
+    worlds are the plain per-index draws."""
+    subjects = vocab_subjects("laptop_big")
+    assert len(subjects) == len(set(subjects)) == 2 * 4 * 2 * 2
+    specs = world_specs(64, 32, 32, FPS, 0.5, seed=3, vocab="laptop_big", cover=True)
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[caption(spec)] = counts.get(caption(spec), 0) + 1
+    assert len(counts) == 32 and set(counts.values()) == {2}
+    assert len({caption(s) for s in specs[:32]}) == 32  # every round is a permutation
+    assert covering_subjects(64, 3, "laptop_big")[:32] != subjects  # shuffled, not in vocabulary order
+    twins = [s for s in specs if caption(s) == caption(specs[0])]
+    assert twins[0].shapes[0].position != twins[1].shapes[0].position
+    assert world_specs(64, 32, 32, FPS, 0.5, seed=3, vocab="laptop_big", cover=True) == specs
+    plain = world_specs(8, 32, 32, FPS, 0.5, seed=3, vocab="laptop_big")
+    assert plain == [sample_world(random.Random(world_seed(3, i)), 32, 32, FPS, 0.5, seed=world_seed(3, i),
+                                  vocab="laptop_big") for i in range(8)]
+    # several objects: the subject is the first one, the others keep distinct colours
+    for spec, sub in zip(world_specs(12, 32, 32, FPS, 0.5, seed=1, vocab="full", cover=True),
+                         covering_subjects(12, 1, "full")):
+        first = spec.shapes[0]
+        assert Subject(spec.background, first.colour, first.size_name, first.kind) == sub
+        assert len({s.colour for s in spec.shapes}) == len(spec.shapes)
+    with pytest.raises(ValueError, match="subject"):
+        sample_world(random.Random(0), 32, 32, FPS, 1.0, vocab="laptop",
+                     subject=Subject("black", "white", "small", "circle"))
