@@ -7,7 +7,7 @@ WORLD_TEACHER_DIR ?= outputs/world_teacher
 # Every pip call (and every package's own build environment) stays on the CPU torch wheel.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
-# DeepSpeed compiles a shared-memory comm op once (~60 s); keep it with the venv.
+# DeepSpeed compiles a shared-memory comm op once (~60 s, in `make install`); keep it with the venv.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 
 .PHONY: install test demo world-teacher bench lint clean
@@ -16,6 +16,8 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# Compile DeepSpeed's CPU comm op now, not in the first `make demo` (about a minute it would add there).
+	@$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>&1 | grep -v Warning || true
 	@$(VENV)/bin/rollforge --help >/dev/null && echo "installed: $(VENV)/bin/rollforge"
 
 # Two pytest workers, one test file each at a time: many tests wait on subprocesses (Ray, DeepSpeed
