@@ -215,12 +215,16 @@ def sample_world(rng: random.Random, width: int, height: int, fps: int, seconds:
     shapes = []
     for j, colour in enumerate(colours):
         forced = subject if j == 0 else None
-        size_name, fraction = rng.choice(v.sizes) if forced is None else (forced.size, dict(v.sizes)[forced.size])
+        if forced is None:
+            size_name, fraction = rng.choice(v.sizes)
+        else:
+            size_name, fraction = forced.size, dict(v.sizes)[forced.size]
         size = max(4, int(round(short * fraction)))
         r = size / 2
         pos = (rng.uniform(r, width - r), rng.uniform(r, height - r))
         vel = tuple(rng.choice((-1, 1)) * short * rng.uniform(*v.speed) for _ in range(2))
-        shapes.append(ShapeSpec(kind=rng.choice(v.kinds) if forced is None else forced.kind, colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
+        kind = rng.choice(v.kinds) if forced is None else forced.kind  # drawn after the speed: the default draw order
+        shapes.append(ShapeSpec(kind=kind, colour=colour, rgb=SHAPE_COLOURS[colour], size=size,
                                 position=(round(pos[0], 3), round(pos[1], 3)),
                                 velocity=(round(vel[0], 3), round(vel[1], 3)), size_name=size_name))
     return WorldSpec(background=background, background_rgb=BACKGROUNDS[background], shapes=shapes,
