@@ -56,7 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         report_error(f"rollforge: training stopped: {e}")
         return 3
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"stage {cfg.train.stage} finished at step {cfg.train.max_steps}: loss {logs.get('loss', float('nan')):.5f}"
+        print(f"stage {cfg.train.stage} finished at step {cfg.train.max_steps}: mean loss of the last "
+              f"{cfg.train.log_every} steps {logs.get('loss_mean', float('nan')):.5f}"
               f"; checkpoint {logs.get('checkpoint')}; MLflow: {ui_command(store_uri(cfg.tracking, args.run_dir))}")
     return 0
 

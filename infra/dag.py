@@ -115,8 +115,8 @@ def _summary(stage: str, result: dict) -> str:
     if stage == "teacher" and info.get("pretrained"):
         return f"pretrained {info['pretrained']}; export {info.get('export')}"
     if stage in TRAIN_STAGES:
-        loss = m.get("loss")
-        return f"step {int(m.get('step', 0))}" + (f", loss {loss:.4f}" if loss is not None else "") + \
+        loss = m.get("loss_mean")  # mean over the last log_every steps; one step's loss is noise
+        return f"step {int(m.get('step', 0))}" + (f", mean loss {loss:.4f}" if loss is not None else "") + \
             f"; export {info.get('export')}"
     if stage == "evaluate":
         fps = {k.split("/")[0]: v for k, v in m.items() if k.endswith("/fps")}

@@ -43,7 +43,9 @@ class LiveView:
             return ""
         m = p.get("metrics", {})
         parts = [f"step {p['step']}/{p['max_steps']}"]
-        if "loss" in m:
+        if "loss_mean" in m:
+            parts.append(f"mean loss {m['loss_mean']:.4f}")
+        elif "loss" in m:
             parts.append(f"loss {m['loss']:.4f}")
         if "tokens_per_s" in m:
             parts.append(f"{m['tokens_per_s']:,.0f} tok/s")

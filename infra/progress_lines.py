@@ -21,9 +21,11 @@ EVERY_S = 10.0
 def format_line(progress: dict, max_steps: int, seconds_per_step: float | None) -> str:
     step, stage = int(progress.get("step", 0)), progress.get("stage", "train")
     line = f"{stage} step {step}/{max_steps} ({100 * step // max(1, max_steps)} %)"
-    loss = progress.get("metrics", {}).get("loss")
-    if loss is not None:
-        line += f"  loss {loss:.4g}"
+    m = progress.get("metrics", {})
+    if m.get("loss_mean") is not None:  # the trainer's mean over the last log_every steps
+        line += f"  mean loss {m['loss_mean']:.4g}"
+    elif m.get("loss") is not None:
+        line += f"  loss {m['loss']:.4g}"
     if seconds_per_step:
         eta = int(seconds_per_step * max(0, max_steps - step))
         line += f"  {seconds_per_step:.2g} s/step  eta {eta // 60}:{eta % 60:02d}"

@@ -23,6 +23,7 @@ from pipeline.generator import DTYPES, resolve_device
 
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dist import barrier, init_distributed
+from .loss_window import LossWindow
 from .objectives import NonFiniteLoss, build_objective
 from .progress import ProgressFile
 
@@ -50,6 +51,7 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
     objective = build_objective(cfg, device, dtype, rank, world, run_dir)
     engines, ema, tr = objective.engines, objective.ema, cfg.train
     start = 0
+    window = LossWindow(tr.log_every)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, engines, ema, rank)
@@ -60,6 +62,7 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
         objective.load_state_dict(state["objective"])
         consecutive = state["nonfinite_consecutive"]
         total_nonfinite = state["nonfinite_total"]
+        window.load_state_dict(state.get("loss_window", {}))  # absent in checkpoints before 2026-12-07
     else:
         consecutive = total_nonfinite = 0
     tracker = Tracker(cfg.tracking, run_dir, run_name=f"{tr.stage}", rank=rank)
@@ -74,6 +77,8 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
     try:
         for step in range(start + 1, tr.max_steps + 1):
             logs = objective.train_step(step)
+            window.push(logs)
+            logs.update(window.means())
             _maybe_die(run_dir, step, rank, world)
             if ema is not None and objective.ema_due(logs):
                 ema.update(step)
@@ -98,7 +103,8 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
                 window_start, window_tokens = time.perf_counter(), 0
             if step % tr.checkpoint_every == 0 or step == tr.max_steps:
                 trainer_state = {"step": step, "rng": rng_state(), "objective": objective.state_dict(),
-                                 "nonfinite_consecutive": consecutive, "nonfinite_total": total_nonfinite}
+                                 "nonfinite_consecutive": consecutive, "nonfinite_total": total_nonfinite,
+                                 "loss_window": window.state_dict()}
                 path = save_checkpoint(run_dir, step, engines, ema, trainer_state, meta, rank, tr.keep_last)
                 logs["checkpoint"] = str(path)
                 if on_checkpoint is not None:
@@ -106,8 +112,8 @@ def train_loop(cfg, run_dir: str | Path, resume: bool = False, progress: bool = 
             if cfg.tracking.video_every and step % cfg.tracking.video_every == 0 and step != tr.max_steps:
                 _maybe_sample(cfg, ema, tracker, step, run_dir, rank)
             if bar is not None:
-                bar.update(bar.tasks[0].id, advance=1, loss=float(logs.get("loss", float("nan"))))
-            live.update(step, {"loss": logs["loss"]} if "loss" in logs else None, force=step == tr.max_steps)
+                bar.update(bar.tasks[0].id, advance=1, loss=float(logs.get("loss_mean", float("nan"))))
+            live.update(step, {k: logs[k] for k in ("loss", "loss_mean") if k in logs} or None, force=step == tr.max_steps)
         _maybe_sample(cfg, ema, tracker, tr.max_steps, run_dir, rank)
         tracker.close("FINISHED")
     except BaseException:
@@ -166,7 +172,7 @@ def _progress(enabled: bool, total: int, done: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("mean loss {task.fields[loss]:.4f}"),
                    TimeElapsedColumn(), console=Console(stderr=True))
     bar.add_task("train", total=total, completed=done, loss=float("nan"))
     bar.start()

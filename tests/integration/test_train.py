@@ -68,7 +68,7 @@ def test_teacher_zero2_logs_to_mlflow_and_exports(teacher, tmp_path):
     assert len(values) == 6 and all(map(lambda v: v == v and abs(v) < 1e6, values))
     run = client.get_run(run_id)
     assert run.data.params["train.zero_stage"] == "2" and run.data.params["model.dim"] == "64"
-    for key in ("tokens_per_s", "lr/generator", "grad_norm/generator", "time/data", "time/compute"):
+    for key in ("tokens_per_s", "lr/generator", "grad_norm/generator", "time/data", "time/compute", "loss_mean"):
         assert key in run.data.metrics, key
     assert any(a.path.endswith(".mp4") for a in client.list_artifacts(run_id, "samples"))
     ckpts = sorted(p.name for p in (teacher / "checkpoints").glob("step_*"))
@@ -142,7 +142,7 @@ def test_overfitting_a_fixed_batch_drives_the_loss_down(latents, tmp_path):
 
 
 def test_resume_is_bit_identical_and_survives_a_crash_mid_save(teacher, latents, tmp_path):
-    over = TEACHER
+    over = (*TEACHER, "train.log_every=4")  # the loss window (4 steps) spans the step-3 checkpoint
     # stopped at 3; extended to 6 with --resume, crashing while saving step 6: the step-3 checkpoint
     # stays `latest`, and a second resume finishes the run
     train(tmp_path / "run", "teacher", latents, *over, steps=3)
@@ -158,6 +158,9 @@ def test_resume_is_bit_identical_and_survives_a_crash_mid_save(teacher, latents,
     ema_got = load_file(str(tmp_path / "run/checkpoints/step_000006/ema.safetensors"))
     assert all(torch.equal(ema_ref[k], ema_got[k]) for k in ema_ref)
     assert not list((tmp_path / "run/checkpoints").glob("*.partial"))
+    # the mean loss at step 6 covers steps 3-6: step 3 ran before the resume, its loss came back from the checkpoint
+    uninterrupted = losses(teacher)[0]
+    assert losses(tmp_path / "run", "loss_mean")[0][-1] == pytest.approx(sum(uninterrupted[2:6]) / 4, rel=1e-6)
     # a constant rate resumed into a new rate and a decay: lr 8e-5 * (1 - s/8), placed at the saved step
     train(tmp_path / "run", "teacher", latents, *over, "train.generator.lr=8e-5", "train.generator.decay=linear",
           "train.generator.decay_steps=8", steps=7, resume=True)

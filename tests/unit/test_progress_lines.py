@@ -11,6 +11,8 @@ def test_format_line():
     p = {"stage": "teacher", "step": 120, "metrics": {"loss": 0.08123}}
     assert format_line(p, 4000, None) == "teacher step 120/4000 (3 %)  loss 0.08123"
     assert format_line(p, 4000, 0.5).endswith("0.5 s/step  eta 32:20")
+    p["metrics"]["loss_mean"] = 0.0712  # the trainer's running mean wins over one step's loss
+    assert format_line(p, 4000, None) == "teacher step 120/4000 (3 %)  mean loss 0.0712"
 
 
 def test_prints_when_the_step_moves(tmp_path):
