@@ -209,12 +209,18 @@ class SamplerConfig:
     teacher_steps: int = 20  # Euler steps of the bidirectional teacher
     guidance_scale: float = 1.0  # teacher CFG: uncond + g * (cond - uncond); 1 disables the uncond pass
     negative_prompt: str = ""
+    # Noise levels sigma = t / T (lo, hi] where the teacher is guided, in sampling, ODE-init trajectories and
+    # the DMD real score (pipeline/guidance.py); [0, 1] guides everywhere (plain CFG).
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
 
     def validate(self, prefix: str = "sampler") -> None:
         _require(self.kind in SAMPLER_KINDS, f"{prefix}.kind",
                  f"unknown sampler {self.kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
         _require(self.teacher_steps > 0, f"{prefix}.teacher_steps", "must be positive")
         _require(self.guidance_scale >= 0, f"{prefix}.guidance_scale", "must be >= 0")
+        gi = self.guidance_interval
+        _require(len(gi) == 2 and 0.0 <= gi[0] < gi[1] <= 1.0, f"{prefix}.guidance_interval",
+                 f"must be [lo, hi] with 0 <= lo < hi <= 1 (noise levels t / T), got {list(gi)}")
 
 
 SAMPLER_KINDS = ("rolling", "block_ar", "bidirectional")

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .guidance import FULL_INTERVAL, guided_flow
 from .networks.wan_dit import TextCond, WanDiT
 from .schedule import add_noise, euler_step, teacher_sigmas
 from .windows import rolling_passes
@@ -100,19 +101,19 @@ def bidirectional(model: WanDiT, text: TextCond, uncond: TextCond | None, shape:
                   num_steps: int, shift: float, guidance_scale: float, generator: torch.Generator,
                   frames_per_block: int, device=None, dtype=torch.float32,
                   num_train_timesteps: int = 1000,
-                  on_step: Callable[[int], None] | None = None) -> Iterator[tuple[int, Tensor]]:
+                  on_step: Callable[[int], None] | None = None,
+                  guidance_interval=FULL_INTERVAL) -> Iterator[tuple[int, Tensor]]:
     """Teacher sampling of a whole clip [B, F, C, H, W] with Euler steps on the shifted schedule.
 
-    flow = uncond + g * (cond - uncond) when g != 1 (standard CFG), then yields its blocks.
+    flow = uncond + g * (cond - uncond) when g != 1 (standard CFG; g = 1 at noise levels outside
+    `guidance_interval`, `pipeline.guidance`), then yields its blocks.
     """
     sigmas = teacher_sigmas(num_steps, shift)
     x = _noise(shape, generator, device, dtype)
     for i in range(num_steps):
         t = torch.full((shape[0],), float(sigmas[i]) * num_train_timesteps, device=device)
-        flow = model(x, t, text)
-        if uncond is not None and guidance_scale != 1.0:
-            flow_u = model(x, t, uncond)
-            flow = flow_u + guidance_scale * (flow - flow_u)
+        g = guidance_scale if uncond is not None else 1.0  # no negative text: unguided, as before
+        flow = guided_flow(model, x, t, text, uncond, g, guidance_interval, num_train_timesteps)
         x = euler_step(x, flow, sigmas[i], sigmas[i + 1])
         if on_step is not None:
             on_step(i)

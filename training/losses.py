@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.guidance import FULL_INTERVAL, guided_flow
 from pipeline.networks.wan_dit import TextCond
 from pipeline.schedule import add_noise, flow_to_x0, shift_sigma
 from pipeline.streaming import block_causal_mask
@@ -70,33 +71,23 @@ def flow_matching_loss(model: nn.Module, x0: Tensor, text: TextCond, t: Tensor, 
 
 
 # ----------------------------------------------------------------------------------------- DMD
-def guided_flow(model: nn.Module, x_t: Tensor, t: Tensor, cond: TextCond, uncond: TextCond | None,
-                guidance_scale: float) -> Tensor:
-    """Standard CFG flow: v = v_u + g (v_c - v_u); g == 1 runs only the conditional pass."""
-    flow = model(x_t, t, cond)
-    if guidance_scale == 1.0:
-        return flow
-    if uncond is None:
-        raise ValueError(f"guidance_scale {guidance_scale} != 1 needs an unconditional text (uncond is None)")
-    flow_u = model(x_t, t, uncond)
-    return flow_u + guidance_scale * (flow - flow_u)
-
-
 def dmd_scores(teacher: nn.Module, critic: nn.Module, x0_hat: Tensor, text_cond: TextCond,
                text_uncond: TextCond | None, t: Tensor, eps: Tensor, guidance_scale: float,
-               num_train_timesteps: int = 1000) -> tuple[Tensor, Tensor]:
+               num_train_timesteps: int = 1000, guidance_interval=FULL_INTERVAL) -> tuple[Tensor, Tensor]:
     """Real and fake x0 predictions at x_t = add_noise(sg(x0_hat), eps, t), both without gradient.
 
     x0_hat, eps: [B, F, C, H, W]; t: [B], ONE timestep per sample (broadcast over frames).
-    real = flow_to_x0(v_u + g (v_c - v_u)) of the frozen teacher (CFG), fake = flow_to_x0(critic v_c).
+    real = flow_to_x0(v_u + g (v_c - v_u)) of the frozen teacher (CFG; g = 1 outside `guidance_interval`,
+    per sample, `pipeline.guidance`), fake = flow_to_x0(critic v_c).
     Returns (real_x0, fake_x0), each [B, F, C, H, W], detached.
     """
     if t.dim() != 1 or t.shape[0] != x0_hat.shape[0]:
         raise ValueError(f"dmd_scores wants one timestep per sample, t [B={x0_hat.shape[0]}], got {tuple(t.shape)}")
     with torch.no_grad():
         x_t = add_noise(x0_hat.detach(), eps, t, num_train_timesteps)
-        real = flow_to_x0(guided_flow(teacher, x_t, t, text_cond, text_uncond, guidance_scale), x_t, t,
-                          num_train_timesteps)
+        # per-rank t: with a limited interval every rank runs both passes (a sharded teacher's forwards are collectives)
+        real = flow_to_x0(guided_flow(teacher, x_t, t, text_cond, text_uncond, guidance_scale, guidance_interval,
+                                      num_train_timesteps, skip_unguided=False), x_t, t, num_train_timesteps)
         fake = flow_to_x0(critic(x_t, t, text_cond), x_t, t, num_train_timesteps)
     return real, fake
 
@@ -131,10 +122,11 @@ def dmd_generator_loss(x0_hat: Tensor, real_x0: Tensor, fake_x0: Tensor,
 
 def dmd_loss(teacher: nn.Module, critic: nn.Module, x0_hat: Tensor, text_cond: TextCond,
              text_uncond: TextCond | None, t: Tensor, eps: Tensor, guidance_scale: float,
-             num_train_timesteps: int = 1000, frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+             num_train_timesteps: int = 1000, frame_mask: Tensor | None = None,
+             guidance_interval=FULL_INTERVAL) -> tuple[Tensor, dict[str, Tensor]]:
     """dmd_scores + dmd_generator_loss in one call: (loss float32 scalar, logs)."""
     real, fake = dmd_scores(teacher, critic, x0_hat, text_cond, text_uncond, t, eps, guidance_scale,
-                            num_train_timesteps)
+                            num_train_timesteps, guidance_interval)
     return dmd_generator_loss(x0_hat, real, fake, frame_mask)
 
 

@@ -90,7 +90,8 @@ class OdeInitObjective(Objective):
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed * 7919 + self.rank)
         pairs = [dict(p, text=e.cpu()) for p, e in zip(
             make_ode_pairs(self.teacher, texts, shape, self.levels, self.cfg.train.ode_teacher_steps, s.shift,
-                           self.cfg.train.guidance_scale, gen, self.device, self.dtype), embs)]
+                           self.cfg.train.guidance_scale, gen, self.device, self.dtype, s.num_train_timesteps,
+                           tuple(self.cfg.sampler.guidance_interval)), embs)]
         path.parent.mkdir(parents=True, exist_ok=True)
         save_pairs(pairs, path)
         return load_pairs(path)

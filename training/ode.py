@@ -23,10 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from pipeline.guidance import FULL_INTERVAL, guided_flow
 from pipeline.networks.wan_dit import TextCond
 from pipeline.schedule import euler_step, teacher_sigmas
-
-from .losses import guided_flow
 
 _MERGE_ATOL = 1e-9
 
@@ -50,7 +49,7 @@ def merged_sigmas(levels: Tensor, num_steps: int, shift: float, num_train_timest
 @torch.no_grad()
 def teacher_trajectory(teacher: nn.Module, text: TextCond, uncond: TextCond | None, noise: Tensor,
                        levels: Tensor, num_steps: int, shift: float, guidance_scale: float,
-                       num_train_timesteps: int = 1000) -> tuple[Tensor, Tensor]:
+                       num_train_timesteps: int = 1000, guidance_interval=FULL_INTERVAL) -> tuple[Tensor, Tensor]:
     """Euler-integrate the teacher (CFG) from `noise` [B, F, C, H, W] and record the student levels.
 
     levels: float64 [K], tau[0] > ... > tau[K-1] (the student's warped steps).
@@ -69,7 +68,7 @@ def teacher_trajectory(teacher: nn.Module, text: TextCond, uncond: TextCond | No
         if i + 1 == len(sig):
             break
         t = torch.full((x.shape[0],), s * num_train_timesteps, device=x.device)
-        flow = guided_flow(teacher, x, t, text, uncond, guidance_scale)
+        flow = guided_flow(teacher, x, t, text, uncond, guidance_scale, guidance_interval, num_train_timesteps)
         x = euler_step(x, flow, s, sig[i + 1])
     missing = [k for k, r in enumerate(recorded) if r is None]
     if missing:  # cannot happen: every level sigma is in the grid by construction
@@ -80,7 +79,7 @@ def teacher_trajectory(teacher: nn.Module, text: TextCond, uncond: TextCond | No
 def make_ode_pairs(teacher: nn.Module, text_conds: Iterable[tuple[TextCond, TextCond | None]],
                    shape: tuple[int, ...], levels: Tensor, num_steps: int, shift: float, guidance_scale: float,
                    generator: torch.Generator, device=None, dtype: torch.dtype = torch.float32,
-                   num_train_timesteps: int = 1000) -> Iterator[dict[str, Tensor]]:
+                   num_train_timesteps: int = 1000, guidance_interval=FULL_INTERVAL) -> Iterator[dict[str, Tensor]]:
     """One teacher trajectory per (cond, uncond) text pair (batch 1 each), in order.
 
     shape: the latent clip (F, C, H, W); noise [1, F, C, H, W] is drawn from `generator` on `device`.
@@ -92,7 +91,7 @@ def make_ode_pairs(teacher: nn.Module, text_conds: Iterable[tuple[TextCond, Text
     for cond, uncond in text_conds:
         noise = torch.randn((1, *shape), generator=generator, device=device, dtype=dtype)
         x_levels, x0 = teacher_trajectory(teacher, cond, uncond, noise, levels, num_steps, shift, guidance_scale,
-                                          num_train_timesteps)
+                                          num_train_timesteps, guidance_interval)
         yield {"x_levels": x_levels[:, 0].contiguous().cpu(), "x0": x0[0].contiguous().cpu()}
 
 
