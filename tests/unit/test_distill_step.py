@@ -98,9 +98,10 @@ class Calls:
             self.critic.append({"x0": x0, "t": t})
             return real_flow(model, x0, text, t, eps, T)
 
-        def dmd(teacher, critic, x0, cond, uncond, t, eps, g, T=1000, frame_mask=None):
-            self.dmd.append({"x0": x0, "t": t, "mask": frame_mask, "uncond": uncond})
-            return real_dmd(teacher, critic, x0, cond, uncond, t, eps, g, T, frame_mask=frame_mask)
+        def dmd(teacher, critic, x0, cond, uncond, t, eps, g, T=1000, frame_mask=None, **kw):
+            self.dmd.append({"x0": x0, "t": t, "mask": frame_mask, "uncond": uncond,
+                             "interval": kw.get("guidance_interval")})
+            return real_dmd(teacher, critic, x0, cond, uncond, t, eps, g, T, frame_mask=frame_mask, **kw)
 
         monkeypatch.setattr(distill_mod, "flow_matching_loss", flow)
         monkeypatch.setattr(distill_mod, "dmd_loss", dmd)
@@ -210,9 +211,10 @@ def test_a_run_too_short_for_one_generator_step_says_so(tmp_path, monkeypatch, c
 
 def test_batch_of_two_prompts_goes_through_rollout_and_both_losses(tmp_path, monkeypatch):
     obj = make(tmp_path, monkeypatch, "train.batch_size=2", "train.critic_updates_per_generator=1",
-               "train.guidance_scale=2.0")
+               "train.guidance_scale=2.0", "sampler.guidance_interval=[0,0.7]")
     calls = Calls(monkeypatch)
     logs = obj.train_step(1)
+    assert calls.dmd[0]["interval"] == (0.0, 0.7)  # the real score is guided in the sampler's interval
     assert [r["batch"] for r in calls.rollouts] == [2, 2]
     assert calls.dmd[0]["x0"].shape[0] == 2 and calls.dmd[0]["t"].shape == (2,)
     assert calls.dmd[0]["uncond"].k[0].shape[0] == 2  # the negative prompt broadcast to the batch
