@@ -244,7 +244,7 @@ class TeacherRolloutWorker:
             pairs = [dict(p, text=e[0].cpu()) for p, e in zip(
                 make_ode_pairs(self.teacher, conds, shape, levels, cfg.train.ode_teacher_steps, s.shift,
                                cfg.train.guidance_scale, gen, self.device, self.dtype, s.num_train_timesteps,
-                               tuple(cfg.sampler.guidance_interval)), embs)]
+                               cfg.sampler.guidance_interval), embs)]
         tmp = Path(path).with_suffix(".tmp")
         save_pairs(pairs, tmp, {"worker": str(self.index)})
         os.replace(tmp, path)

@@ -169,7 +169,7 @@ class StreamingGenerator:
             yield from bidirectional(self.model, self.text_cond(schedule.entries[0][1]), uncond, shape,
                                      sc.teacher_steps, s.shift, sc.guidance_scale, gen, s.frames_per_block,
                                      self.device, self.dtype, s.num_train_timesteps,
-                                     guidance_interval=tuple(sc.guidance_interval))
+                                     guidance_interval=sc.guidance_interval)
             return
         if sampler not in STREAMING_SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: rolling, block_ar, bidirectional")

@@ -46,16 +46,13 @@ def guided_flow(model: nn.Module, x_t: Tensor, t: Tensor | float, cond, uncond, 
     """
     flow = model(x_t, t, cond)
     g = guidance_weights(t, guidance_scale, interval, num_train_timesteps)
-    if isinstance(g, float):
-        if g == 1.0:
-            return flow
-    elif skip_unguided and bool((g == 1.0).all()):
+    unguided = g == 1.0 if isinstance(g, float) else skip_unguided and bool((g == 1.0).all())
+    if unguided:
         return flow
     if uncond is None:
         raise ValueError(f"guidance_scale {guidance_scale} != 1 needs an unconditional text (uncond is None)")
     flow_u = model(x_t, t, uncond)
-    if isinstance(g, float):
-        return flow_u + g * (flow - flow_u)
-    g = g.to(device=flow.device, dtype=flow.dtype)
-    g = g.view(*g.shape, *([1] * (flow.dim() - g.dim())))  # [B] or [B, F] -> broadcast over [B, F, C, H, W]
+    if isinstance(g, Tensor):  # [B] or [B, F] -> broadcast over [B, F, C, H, W]
+        g = g.to(device=flow.device, dtype=flow.dtype)
+        g = g.view(*g.shape, *([1] * (flow.dim() - g.dim())))
     return flow_u + g * (flow - flow_u)

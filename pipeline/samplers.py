@@ -110,9 +110,9 @@ def bidirectional(model: WanDiT, text: TextCond, uncond: TextCond | None, shape:
     """
     sigmas = teacher_sigmas(num_steps, shift)
     x = _noise(shape, generator, device, dtype)
+    g = guidance_scale if uncond is not None else 1.0  # no negative text: unguided, as before
     for i in range(num_steps):
         t = torch.full((shape[0],), float(sigmas[i]) * num_train_timesteps, device=device)
-        g = guidance_scale if uncond is not None else 1.0  # no negative text: unguided, as before
         flow = guided_flow(model, x, t, text, uncond, g, guidance_interval, num_train_timesteps)
         x = euler_step(x, flow, sigmas[i], sigmas[i + 1])
         if on_step is not None:

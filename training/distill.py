@@ -140,7 +140,7 @@ class DistillObjective(Objective):
             loss, dmd_logs = dmd_loss(self.teacher, _Frozen(critic, critic_text), g.x0, teacher_text,
                                       _batch(self.uncond, batch), t, self.randn(g.x0.shape), tr.guidance_scale,
                                       s.num_train_timesteps, frame_mask=g.mask,
-                                      guidance_interval=tuple(self.cfg.sampler.guidance_interval))
+                                      guidance_interval=self.cfg.sampler.guidance_interval)
             logs.update({"loss/generator": loss.item(), "stepped/generator": self.optimize("generator", loss),
                          **{f"dmd/{k}": float(v) for k, v in dmd_logs.items()},
                          **{f"rollout/generator_{k.split('/', 1)[1]}": v for k, v in g.logs.items()

@@ -36,7 +36,7 @@ class LossWindow:
         return {f"{k}_mean": sum(q) / len(q) for k, q in self._values.items() if q}
 
     def state_dict(self) -> dict:
-        return {"size": self.size, "values": {k: list(q) for k, q in self._values.items()}}
+        return {"values": {k: list(q) for k, q in self._values.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self._values = {k: deque(v, maxlen=self.size) for k, v in state.get("values", {}).items()}

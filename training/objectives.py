@@ -91,7 +91,7 @@ class OdeInitObjective(Objective):
         pairs = [dict(p, text=e.cpu()) for p, e in zip(
             make_ode_pairs(self.teacher, texts, shape, self.levels, self.cfg.train.ode_teacher_steps, s.shift,
                            self.cfg.train.guidance_scale, gen, self.device, self.dtype, s.num_train_timesteps,
-                           tuple(self.cfg.sampler.guidance_interval)), embs)]
+                           self.cfg.sampler.guidance_interval), embs)]
         path.parent.mkdir(parents=True, exist_ok=True)
         save_pairs(pairs, path)
         return load_pairs(path)
