@@ -92,6 +92,9 @@ class WorldVocab:
 # (configs/world_teacher.yaml). Under the pixel codec's factor 4 and 2x2 patches a token covers 8x8 px, so
 # even the small object spans several tokens (an 8 px one is one token's area, which a causal student
 # loses over a long stream: docs/BENCHMARKS.md, "make demo").
+# "laptop_one": "laptop_big" with one size (18 px, named by no caption word). A tiny teacher's size
+# conditioning is loose (one caption's clips range from 0.65 to 1.0 of a small object's area), and a
+# stream must keep its first chunk's size; the fairness rule allows fixing sizes (teacher v5).
 WORLD_VOCABS: dict[str, WorldVocab] = {
     "full": WorldVocab(colours=tuple(sorted(SHAPE_COLOURS)), backgrounds=tuple(sorted(BACKGROUNDS)), kinds=KINDS,
                        sizes=(("small", 0.16), ("medium", 0.23), ("large", 0.30)), max_shapes=3,
@@ -102,6 +105,9 @@ WORLD_VOCABS: dict[str, WorldVocab] = {
     "laptop_big": WorldVocab(colours=("blue", "green", "red", "yellow"), backgrounds=("black", "gray"),
                              kinds=("circle", "square"), sizes=(("small", 0.375), ("large", 0.5625)),
                              max_shapes=1, speed=(0.10, 0.25)),
+    "laptop_one": WorldVocab(colours=("blue", "green", "red", "yellow"), backgrounds=("black", "gray"),
+                             kinds=("circle", "square"), sizes=(("", 0.5625),), max_shapes=1,
+                             speed=(0.10, 0.25)),
 }
 
 

@@ -118,8 +118,8 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                    "another world set, e.g. prompts a teacher trained on seed 0 has not seen")
     m.add_argument("--vocab", default="full", metavar="NAME",
                    help="what worlds contain: full (3 objects, 8 colours, 3 sizes), laptop (1 object, 4 colours, "
-                   "2 sizes; world teacher v2's) or laptop_big (laptop with bigger objects; the shipped world "
-                   "teacher's) (default full)")
+                   "2 sizes; world teacher v2's), laptop_big (laptop with bigger objects; v3's and v4's) or "
+                   "laptop_one (laptop_big with one 18 px size, unnamed; the shipped world teacher's) (default full)")
     m.add_argument("--cover", action="store_true",
                    help="cycle the captions through the vocabulary (background, colour, size, kind) in shuffled "
                    "rounds, so that --world of at least their number names every caption (run.demo.world_cover); "

@@ -33,7 +33,8 @@ class DemoDataConfig:
     world: int = 0  # procedural world videos (moving shapes + captions + ground truth); 0 = none
     world_seconds: float = 4.0
     world_size: int = 64  # px, square
-    world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full", "laptop" (world teacher v2's), "laptop_big" (v3's)
+    world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full", "laptop" (world teacher v2's), "laptop_big" (v3's, v4's),
+    # "laptop_one" (the shipped v5's: laptop_big with one size)
     # Captions cycle through the vocabulary's subjects (background, colour, size, kind) in shuffled rounds, so
     # `world` >= their number names every caption (data.world.covering_subjects); false: each world random.
     world_cover: bool = False
@@ -49,6 +50,9 @@ class EvalStageConfig:
     # The image-model drift metrics (BRISQUE, EfficientNet-Lite0 features) score every k-th frame only:
     # they are about 40 % of an evaluation's CPU time. World checks, flicker and colour see every frame.
     drift_sample_every: int = 1
+    # Time (fps, first-frame latency, memory: a second, unwritten stream) only the first N prompts per
+    # sampler; 0 = every prompt. Throughput is the model's, so a few prompts measure it.
+    timed_prompts: int = 0
     ema: bool = True  # evaluate the distilled EMA weights (else the raw generator)
     # World prompts: with world_prompts = N > 0 the prompts are the captions of N worlds drawn with
     # world_seed from run.demo's vocabulary (a seed the training worlds did not use: unseen videos), and
@@ -114,6 +118,8 @@ class RunConfig:
             raise ConfigError(f"{prefix}.evaluate: seconds and chunk_seconds must be positive")
         if e.drift_sample_every < 1:
             raise ConfigError(f"{prefix}.evaluate.drift_sample_every: must be >= 1 (1 = score every frame)")
+        if e.timed_prompts < 0:
+            raise ConfigError(f"{prefix}.evaluate.timed_prompts: must be >= 0 (0 = time every prompt)")
         if e.world_prompts < 0:
             raise ConfigError(f"{prefix}.evaluate.world_prompts: must be >= 0 (0 = use run.evaluate.prompts)")
         if e.world_seed < 0:

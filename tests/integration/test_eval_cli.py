@@ -114,13 +114,16 @@ def test_eval_checks_world_ground_truth(tmp_path):
     write_world_dataset(tmp_path / "worlds", count=3, width=32, height=32, fps=16, seconds=1.0, seed=3)
     out = tmp_path / "out"
     rollforge("eval", "--config", TINY, "--world", str(tmp_path / "worlds"), "--world-count", "2", "--seconds", "1",
-              "--samplers", "rolling", "--out", str(out), "tracking.enabled=false", "run.evaluate.drift_sample_every=2")
+              "--samplers", "rolling", "--out", str(out), "tracking.enabled=false", "run.evaluate.drift_sample_every=2",
+              "run.evaluate.timed_prompts=1")
     truths = [json.loads(p.read_text()) for p in sorted((tmp_path / "worlds").glob("*.gt.json"))[:2]]
     summary = json.loads((out / "metrics.json").read_text())["samplers"]["rolling"]
     runs = summary["runs"]
     assert [r["prompt"] for r in runs] == [t["caption"] for t in truths]
+    # only the first prompt is timed (run.evaluate.timed_prompts=1); every prompt is still scored
+    assert runs[1]["throughput"] is None and summary["timed_prompts"] == 1 and summary["fps"] > 0
     for r in runs:  # random weights draw no objects: the check must run and say so, per chunk
-        assert r["world"]["num_frames"] == r["throughput"]["video_frames"] and r["world"]["passed"] is False
+        assert r["world"]["num_frames"] == runs[0]["throughput"]["video_frames"] and r["world"]["passed"] is False
         # the image-model drift metrics score every 2nd frame; the world checks still see every frame
         assert r["drift"]["sample_every"] == 2 and r["drift"]["num_frames"] == r["world"]["num_frames"]
     chunks = sum(len(r["world"]["chunks"]) for r in runs)

@@ -189,7 +189,18 @@ def test_vocabularies_name_every_checked_property(name):
         by_caption.setdefault(caption(spec), set()).add((spec.background, tuple(map(tuple, key))))
     assert all(len(truths) == 1 for truths in by_caption.values()), "one caption, one set of checked properties"
     if name.startswith("laptop"):
-        assert len(by_caption) == 4 * 2 * 2 * 2  # colours x kinds x sizes x backgrounds, all drawn
+        # colours x kinds x sizes x backgrounds, all drawn
+        assert len(by_caption) == 4 * 2 * len(vocab.sizes) * 2
+
+
+def test_one_size_vocabulary_names_no_size():
+    """laptop_one (the shipped teacher's world): one unnamed size, so captions carry no size word."""
+    specs = [sample_world(random.Random(i), 32, 32, FPS, 1.0, vocab="laptop_one") for i in range(40)]
+    assert {sh.size for s in specs for sh in s.shapes} == {18}
+    texts = {caption(s) for s in specs}
+    assert not any(w in t.split() for t in texts for w in ("small", "large"))
+    assert all(t.startswith(("a ", "an ")) and "  " not in t for t in texts)
+    assert len(vocab_subjects("laptop_one")) == 16
 
 
 def test_unknown_vocabulary_is_refused():
