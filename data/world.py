@@ -54,7 +54,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 @dataclass(frozen=True)
 class WorldVocab:
     """What a world may contain. Captions name every property the world checks test (colour, size,
-    count), so a perfect generator can pass them from the prompt alone: sizes are discrete and named.
+    count), so a perfect generator can pass them from the prompt alone: sizes are discrete and named,
+    or there is one size and its name is "" (the caption then names none).
 
     `sizes` maps a size name to the bounding-box side as a fraction of the frame's short side;
     `speed` is the (min, max) per-axis speed in short sides per second; `max_shapes` objects at most.

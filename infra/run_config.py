@@ -33,8 +33,9 @@ class DemoDataConfig:
     world: int = 0  # procedural world videos (moving shapes + captions + ground truth); 0 = none
     world_seconds: float = 4.0
     world_size: int = 64  # px, square
-    world_vocab: str = "full"  # data.world.WORLD_VOCABS: "full", "laptop" (world teacher v2's), "laptop_big" (v3's, v4's),
-    # "laptop_one" (the shipped v5's: laptop_big with one size)
+    # data.world.WORLD_VOCABS: "full", "laptop" (world teacher v2's), "laptop_big" (v3's, v4's), "laptop_one"
+    # (the shipped v5's: laptop_big with one size)
+    world_vocab: str = "full"
     # Captions cycle through the vocabulary's subjects (background, colour, size, kind) in shuffled rounds, so
     # `world` >= their number names every caption (data.world.covering_subjects); false: each world random.
     world_cover: bool = False
