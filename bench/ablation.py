@@ -20,20 +20,26 @@ Beside the variants, the ODE-init student the two started from (`ode_init`, roll
 teacher itself (`teacher`, bidirectional, one clip of its context) stream the same prompts and seeds,
 and each model's first teacher-length clips are compared with the teacher's clips: Fréchet distance
 of EfficientNet-Lite0 frame features (`frechet_to_teacher`, lower is closer). DMD earns its place
-when `full` beats `ode_init` on that distance and on the world pass rate.
+when `full` beats `ode_init` on that distance and on the world pass rate. The teacher also streams
+the prompts with as many other noise seeds: its distance to itself is the floor no student can be
+shown to beat (`baselines.teacher.frechet_to_teacher`). `full`, `ode_init` and the floor get paired
+bootstrap errors over streams (--frechet-resamples; evaluation/frechet_bootstrap.py), and
+`dmd_beats_ode_init.frechet_gap` is full - ode_init with its paired error.
 
 Steps:
   1. the shared teacher + ODE init: --from-run DIR reuses DIR/teacher/export, DIR/ode_init/export and
      DIR/data/latents (e.g. outputs/demo after `make demo`); otherwise `rollforge run --stages
      shard,precompute,teacher,ode_init` builds them in OUT/runs/base (the config's pretrained teacher);
   2. `rollforge run --stages distill,export` per student in OUT/runs/{rf,rf_no_sink,sf} (reruns skip them);
-  3. the streams: OUT/eval/<variant>/seed<k>/ (videos, metrics.json, frame strips);
+  3. the streams: OUT/eval/<variant>/seed<k>/ (videos, metrics.json, frame strips; the teacher's in
+     eval/teacher and, with the floor's seeds, eval/teacher_floor);
   4. OUT/metrics.json, OUT/report.{md,html}, OUT/plots/*.png (world pass rate per chunk, one line per
      variant; frame strips) and OUT/ablation.json = the JSON object printed last.
 --untrained streams random-weight students instead of training any (the plumbing at micro size).
 
 Usage: python bench/ablation.py --json [--config configs/demo.yaml] [--from-run outputs/demo]
            [--out outputs/ablation] [--distill-steps N] [--prompts 8] [--seeds 0,1] [--length-factor 10]
+           [--frechet-resamples 20]
 """
 
 from __future__ import annotations
@@ -58,6 +64,12 @@ from evaluation.ablation import (
     summarise,
 )
 from infra.bench_runs import add_training_bench_args
+
+# Models whose Fréchet distance to the teacher gets paired bootstrap errors: the DMD student, the ODE
+# init it started from and the teacher's own clips of other seeds (the floor). Each draw costs one
+# distance per model (~2 s on 2 CPU cores at 32 streams), so the other variants get point values.
+FRECHET_BOOTSTRAP = ("full", "ode_init", "teacher")
+FRECHET_RESAMPLES = 20
 
 
 def log(msg: str) -> None:
@@ -102,16 +114,17 @@ def clip_sink(frames_per_clip: int, store: list):
     return make
 
 
-def frechet_to(reference, clips, features) -> float | None:
-    """Fréchet distance of the frame features of `clips` to those of `reference` (lists of clips)."""
+def floor_seeds(seeds: list[int]) -> list[int]:
+    """Noise seeds for the teacher's second set of clips (the Fréchet floor): as many as `seeds`, none of them."""
+    start = max(seeds) + 1
+    return list(range(start, start + len(seeds)))
+
+
+def clip_features(clips: list, features) -> list:
+    """Per-stream frame features [frames, d] of clips (lists of uint8 frames); empty clips stay empty."""
     import numpy as np
 
-    from evaluation.drift import frechet_distance
-
-    a = np.concatenate([features(c) for c in reference if len(c)])
-    b = np.concatenate([features(c) for c in clips if len(c)])
-    d = frechet_distance(a, b)
-    return None if d is None else d["distance"]
+    return [features(c) if len(c) else np.zeros((0, 0)) for c in clips]
 
 
 def merge_runs(parts: list[tuple[int, dict]], prefix: str) -> dict:
@@ -141,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, metavar="S", help="stream length, overriding --length-factor")
     p.add_argument("--untrained", action="store_true",
                    help="stream random-weight students instead of training two (checks the plumbing in seconds)")
+    p.add_argument("--frechet-resamples", type=int, default=FRECHET_RESAMPLES, metavar="N",
+                   help=f"paired bootstrap draws over streams for the Fréchet errors of {', '.join(FRECHET_BOOTSTRAP)} "
+                        f"(default {FRECHET_RESAMPLES}; 0: point distances only)")
     p.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
     args = p.parse_args(argv)
 
     from evaluation.evaluate import drift_sinks, evaluate, world_sinks
     from evaluation.features import Lite0Features
+    from evaluation.frechet_bootstrap import frechet_bootstrap
     from evaluation.report import write_report
     from evaluation.throughput import machine_info
     from infra.bench_runs import distill_steps, distill_student, shared_start
@@ -160,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = distill_steps(args.distill_steps, cfg)
     if args.prompts < 1:
         raise ValueError(f"--prompts must be positive, got {args.prompts}")
+    if args.frechet_resamples < 0:
+        raise ValueError(f"--frechet-resamples must be >= 0, got {args.frechet_resamples}")
     rollout_blocks, train_s = longest_rollout(cfg)
     seconds = args.seconds if args.seconds else stream_seconds(train_s, args.length_factor)
     cfg.run.evaluate.world_prompts, cfg.run.evaluate.seconds = args.prompts, seconds
@@ -207,23 +226,35 @@ def main(argv: list[str] | None = None) -> int:
         d = (variants | baselines)[name]["drift"]
         log(f"  {name}: drift {d['mean']} ± {d['se']} ({walls[f'eval_{name}']:.0f} s)")
 
-    # the teacher's own clips of the same prompts and seeds: the reference of frechet_to_teacher
-    t0, parts, teacher_clips = time.perf_counter(), [], []
+    # the teacher's own clips of the same prompts and seeds: the reference of frechet_to_teacher; and
+    # of other seeds: its floor (how far the teacher's clips are from themselves)
+    t0, teacher_clips = time.perf_counter(), {"teacher": [], "floor": []}
     teacher_seconds = clip_frames / cfg.video.fps
     teacher_world = world_sinks(eval_world_truths(cfg, teacher_seconds), teacher_seconds / 3, cfg.video.fps)
-    for seed in seeds:
-        res = evaluate(variant_config(cfg, True, seed), exports["teacher"], out / "eval" / "teacher" / f"seed{seed}",
-                       ["bidirectional"], teacher_seconds, prompts,
-                       frame_sinks={"world": teacher_world, "clip": clip_sink(clip_frames, teacher_clips)})
-        parts.append((seed, res["samplers"]["bidirectional"]))
-    teacher_summary = merge_runs(parts, "eval/teacher")
+    parts: dict[str, list] = {"teacher": [], "floor": []}
+    for role, role_seeds in (("teacher", seeds), ("floor", floor_seeds(seeds))):
+        for seed in role_seeds:
+            res = evaluate(variant_config(cfg, True, seed), exports["teacher"],
+                           out / "eval" / ("teacher" if role == "teacher" else "teacher_floor") / f"seed{seed}",
+                           ["bidirectional"], teacher_seconds, prompts,
+                           frame_sinks={"world": teacher_world, "clip": clip_sink(clip_frames, teacher_clips[role])})
+            parts[role].append((seed, res["samplers"]["bidirectional"]))
+    teacher_summary = merge_runs(parts["teacher"], "eval/teacher")
     walls["eval_teacher"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    log(f"Fréchet distances to the teacher ({args.frechet_resamples} paired bootstrap draws for "
+        f"{', '.join(FRECHET_BOOTSTRAP)})")
     features = Lite0Features(num_threads=1)
-    frechet = {name: frechet_to(teacher_clips, c, features) for name, c in clips.items()}
+    feats = {name: clip_features(c, features) for name, c in clips.items()}
+    feats["teacher"] = clip_features(teacher_clips["floor"], features)
+    fb = frechet_bootstrap(clip_features(teacher_clips["teacher"], features), feats, args.frechet_resamples,
+                           bootstrap=FRECHET_BOOTSTRAP)
+    walls["frechet"] = time.perf_counter() - t0
     for name, stats in (variants | baselines).items():
-        stats["frechet_to_teacher"] = {"mean": frechet[name], "se": None, "n": len(clips[name])}
+        stats["frechet_to_teacher"] = fb.stat(name)
     baselines["teacher"] = {"world_chunk_pass_rate": mean_se([stream_numbers(r)["world_chunk_pass_rate"]
                                                               for r in teacher_summary["runs"]]),
+                            "frechet_to_teacher": {**fb.stat("teacher"), "seeds": floor_seeds(seeds)},
                             "clip_seconds": teacher_seconds, "chunk_seconds": teacher_seconds / 3}
 
     machine = machine_info()
@@ -247,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             "frechet_to_teacher": _lower(variants["full"]["frechet_to_teacher"]["mean"],
                                          baselines["ode_init"]["frechet_to_teacher"]["mean"]),
             "world_chunk_pass_rate": _lower(baselines["ode_init"]["world_chunk_pass_rate"]["mean"],
-                                            variants["full"]["world_chunk_pass_rate"]["mean"])},
+                                            variants["full"]["world_chunk_pass_rate"]["mean"]),
+            # full - ode_init, paired over streams; and each one's distance above the teacher's own floor
+            "frechet_gap": fb.gap("full", "ode_init"),
+            "frechet_over_floor": {"full": fb.gap("full", "teacher"), "ode_init": fb.gap("ode_init", "teacher")}},
         "variant_settings": {n: {**asdict(v), "p_self_forcing": STUDENTS[v.student].p_self_forcing,
                                  "trained_with_sink": STUDENTS[v.student].sink} for n, v in VARIANTS.items()},
         "world_chunk_pass_rate_by_chunk": {n: samplers[n].get("world_chunk_pass_rate_by_chunk") for n in samplers},

@@ -64,6 +64,9 @@ class TrainConfig:
     ema_decay: float = 0.99
     ema_start: int = 200  # first step with EMA updates (before: EMA tracks the weights exactly)
     critic_updates_per_generator: int = 5  # DMD two-time-scale: critic every step, generator every Nth
+    # Critic-only steps before the first generator step: the critic starts as the teacher, so until it
+    # has seen the student's samples (fake - real) is mostly the teacher's CFG direction, not a score gap.
+    critic_warmup_steps: int = 0
     p_self_forcing: float = 0.5  # distill: share of block-AR (Self-Forcing) rollouts
     guidance_scale: float = 4.0  # teacher CFG inside the DMD real score
     text_dropout: float = 0.0  # teacher: share of captions replaced by sampler.negative_prompt (CFG's uncond)
@@ -97,6 +100,7 @@ class TrainConfig:
         _need(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0 (0 disables clipping)")
         _need(0 <= self.ema_decay < 1, f"{prefix}.ema_decay", "must be in [0, 1)")
         _need(self.ema_start >= 0, f"{prefix}.ema_start", "must be >= 0")
+        _need(self.critic_warmup_steps >= 0, f"{prefix}.critic_warmup_steps", "must be >= 0")
         _need(self.guidance_scale >= 0, f"{prefix}.guidance_scale", "must be >= 0 (1 = no classifier-free guidance)")
         _need(self.seed >= 0, f"{prefix}.seed", "must be >= 0")
         _need(0 <= self.text_dropout < 1, f"{prefix}.text_dropout", f"must be in [0, 1), got {self.text_dropout}")

@@ -53,14 +53,16 @@ from .rollouts import rolling_rollout, self_forcing_rollout
 log = logging.getLogger("rollforge.train")
 
 
-def is_generator_step(step: int, critic_updates_per_generator: int) -> bool:
-    """Steps count from 1; the generator steps on every `critic_updates_per_generator`-th (the critic on all)."""
-    return step % critic_updates_per_generator == 0
+def is_generator_step(step: int, critic_updates_per_generator: int, critic_warmup_steps: int = 0) -> bool:
+    """Steps count from 1; after `critic_warmup_steps` critic-only steps the generator steps on every
+    `critic_updates_per_generator`-th (the critic on all)."""
+    k = step - critic_warmup_steps
+    return k > 0 and k % critic_updates_per_generator == 0
 
 
-def generator_steps(max_steps: int, critic_updates_per_generator: int) -> int:
+def generator_steps(max_steps: int, critic_updates_per_generator: int, critic_warmup_steps: int = 0) -> int:
     """Generator updates in steps 1..max_steps (`is_generator_step` counted in closed form)."""
-    return max_steps // critic_updates_per_generator
+    return max(0, max_steps - critic_warmup_steps) // critic_updates_per_generator
 
 
 @dataclass
@@ -94,10 +96,10 @@ class DistillObjective(Objective):
         self.wrap("generator", self.new_dit(student_init(self.cfg, self.roles), trainable=True), tr.generator)
         self.wrap("critic", self.new_dit(critic_init(self.cfg, self.roles), trainable=True, role="critic"), tr.critic)
         self.ema = EMA(self.engines["generator"].module, tr.ema_decay, tr.ema_start)
-        if self.rank == 0 and generator_steps(tr.max_steps, tr.critic_updates_per_generator) == 0:
-            log.warning("train.max_steps=%d < train.critic_updates_per_generator=%d: no generator step, only the "
-                        "critic trains and the exported student equals its init", tr.max_steps,
-                        tr.critic_updates_per_generator)
+        if self.rank == 0 and generator_steps(tr.max_steps, tr.critic_updates_per_generator, tr.critic_warmup_steps) == 0:
+            log.warning("train.max_steps=%d < train.critic_warmup_steps=%d + train.critic_updates_per_generator=%d: "
+                        "no generator step, only the critic trains and the exported student equals its init",
+                        tr.max_steps, tr.critic_warmup_steps, tr.critic_updates_per_generator)
         self.rule = ContextRule.from_stream(s)
         self.score_blocks = s.context_blocks
         self.lengths = tr.rollout_range(s.context_blocks)
@@ -127,7 +129,7 @@ class DistillObjective(Objective):
         logs: dict = {}
         times = {"data": 0.0, "rollout": 0.0, "compute": 0.0}
         tokens = 0
-        train_generator = is_generator_step(step, tr.critic_updates_per_generator)
+        train_generator = is_generator_step(step, tr.critic_updates_per_generator, tr.critic_warmup_steps)
         if train_generator:
             g = self._rollout(step, with_grad=True, first=True, times=times)
             t0 = time.perf_counter()

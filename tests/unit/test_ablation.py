@@ -52,7 +52,7 @@ def test_stream_numbers_from_world_and_drift_summaries():
 def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     bench = _load_bench()
     argv = ["--config", str(REPO / "configs/tiny.yaml"), "--untrained", "--prompts", "2", "--seeds", "3",
-            "--seconds", "0.5", "--out", str(tmp_path), "--json"]
+            "--seconds", "0.5", "--frechet-resamples", "3", "--out", str(tmp_path), "--json"]
     assert bench.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)  # the one JSON object on stdout
     assert printed == json.loads((tmp_path / "ablation.json").read_text())
@@ -65,7 +65,17 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     assert set(printed["baselines"]) == {"ode_init", "teacher"}
     for stats in [*printed["variants"].values(), printed["baselines"]["ode_init"]]:
         assert stats["frechet_to_teacher"]["mean"] >= 0 and stats["frechet_to_teacher"]["n"] == 2
-    assert set(printed["dmd_beats_ode_init"]) == {"frechet_to_teacher", "world_chunk_pass_rate"}
+    assert set(printed["dmd_beats_ode_init"]) == {"frechet_to_teacher", "world_chunk_pass_rate", "frechet_gap",
+                                                  "frechet_over_floor"}
+    # the bootstrapped models carry errors; the floor is the teacher's clips of seeds the run did not use
+    floor = printed["baselines"]["teacher"]["frechet_to_teacher"]
+    assert floor["mean"] >= 0 and floor["se"] is not None and floor["seeds"] == [4]
+    assert printed["variants"]["full"]["frechet_to_teacher"]["se"] is not None
+    assert printed["variants"]["no_sink"]["frechet_to_teacher"]["se"] is None
+    gap = printed["dmd_beats_ode_init"]["frechet_gap"]
+    assert gap["resamples"] == 3 and gap["se"] >= 0 and 0 <= gap["lower_share"] <= 1
+    assert set(printed["dmd_beats_ode_init"]["frechet_over_floor"]) == {"full", "ode_init"}
+    assert (tmp_path / "eval" / "teacher_floor" / "seed4" / "videos" / "bidirectional_0.mp4").is_file()
     assert printed["baselines"]["teacher"]["world_chunk_pass_rate"]["n"] == 2 and printed["seeds"] == [3]
     merged = json.loads((tmp_path / "metrics.json").read_text())
     assert len(merged["samplers"]["no_sink"]["runs"]) == 2 and (tmp_path / "plots" / "world_pass_rate.png").is_file()

@@ -73,6 +73,7 @@ BAD = [
     (["data.seed=-1"], "data.seed"),
     (["train.seed=-1"], "train.seed"),
     (["train.ema_start=-1"], "train.ema_start"),
+    (["train.critic_warmup_steps=-1"], "train.critic_warmup_steps"),
     (["train.guidance_scale=-1"], "train.guidance_scale"),
     (["train.generator.eps=0"], "train.generator.eps"),
     (["train.generator.lr=nan"], "train.generator.lr"),  # no float setting means anything at nan or inf

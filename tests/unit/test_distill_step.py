@@ -200,6 +200,11 @@ def test_a_run_too_short_for_one_generator_step_says_so(tmp_path, monkeypatch, c
     # the count agrees with train_step's rule (the generator steps when step % ratio == 0, steps from 1)
     for steps, ratio in ((200, 5), (4, 5), (5, 5), (7, 2), (1, 1)):
         assert distill_mod.generator_steps(steps, ratio) == sum(s % ratio == 0 for s in range(1, steps + 1))
+    # with a critic warm-up the generator waits: its first step is warmup + ratio
+    for steps, ratio, warmup in ((300, 5, 100), (104, 5, 100), (105, 5, 100), (10, 2, 3), (3, 1, 7)):
+        flags = [distill_mod.is_generator_step(s, ratio, warmup) for s in range(1, steps + 1)]
+        assert distill_mod.generator_steps(steps, ratio, warmup) == sum(flags)
+        assert not any(flags[:warmup + ratio - 1]) and (steps < warmup + ratio or flags[warmup + ratio - 1])
     with caplog.at_level("WARNING", logger="rollforge.train"):
         make(tmp_path, monkeypatch, "train.max_steps=4", "train.critic_updates_per_generator=5")
     assert "no generator step" in caplog.text and "train.max_steps=4" in caplog.text
@@ -207,6 +212,10 @@ def test_a_run_too_short_for_one_generator_step_says_so(tmp_path, monkeypatch, c
     with caplog.at_level("WARNING", logger="rollforge.train"):
         make(tmp_path, monkeypatch, "train.max_steps=5", "train.critic_updates_per_generator=5")
     assert "no generator step" not in caplog.text
+    with caplog.at_level("WARNING", logger="rollforge.train"):  # the warm-up alone can use up the run
+        make(tmp_path, monkeypatch, "train.max_steps=6", "train.critic_updates_per_generator=5",
+             "train.critic_warmup_steps=2")
+    assert "no generator step" in caplog.text and "train.critic_warmup_steps=2" in caplog.text
 
 
 def test_batch_of_two_prompts_goes_through_rollout_and_both_losses(tmp_path, monkeypatch):
