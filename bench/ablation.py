@@ -228,25 +228,28 @@ def main(argv: list[str] | None = None) -> int:
 
     # the teacher's own clips of the same prompts and seeds: the reference of frechet_to_teacher; and
     # of other seeds: its floor (how far the teacher's clips are from themselves)
-    t0, teacher_clips = time.perf_counter(), {"teacher": [], "floor": []}
+    t0, floor = time.perf_counter(), floor_seeds(seeds)
+    teacher_clips: dict[str, list] = {"teacher": [], "teacher_floor": []}
     teacher_seconds = clip_frames / cfg.video.fps
     teacher_world = world_sinks(eval_world_truths(cfg, teacher_seconds), teacher_seconds / 3, cfg.video.fps)
-    parts: dict[str, list] = {"teacher": [], "floor": []}
-    for role, role_seeds in (("teacher", seeds), ("floor", floor_seeds(seeds))):
+    parts = []
+    for role, role_seeds in (("teacher", seeds), ("teacher_floor", floor)):
         for seed in role_seeds:
-            res = evaluate(variant_config(cfg, True, seed), exports["teacher"],
-                           out / "eval" / ("teacher" if role == "teacher" else "teacher_floor") / f"seed{seed}",
-                           ["bidirectional"], teacher_seconds, prompts,
-                           frame_sinks={"world": teacher_world, "clip": clip_sink(clip_frames, teacher_clips[role])})
-            parts[role].append((seed, res["samplers"]["bidirectional"]))
-    teacher_summary = merge_runs(parts["teacher"], "eval/teacher")
+            sinks = {"clip": clip_sink(clip_frames, teacher_clips[role])}
+            if role == "teacher":  # the floor's streams only supply clips
+                sinks["world"] = teacher_world
+            res = evaluate(variant_config(cfg, True, seed), exports["teacher"], out / "eval" / role / f"seed{seed}",
+                           ["bidirectional"], teacher_seconds, prompts, frame_sinks=sinks)
+            if role == "teacher":
+                parts.append((seed, res["samplers"]["bidirectional"]))
+    teacher_summary = merge_runs(parts, "eval/teacher")
     walls["eval_teacher"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     log(f"Fréchet distances to the teacher ({args.frechet_resamples} paired bootstrap draws for "
         f"{', '.join(FRECHET_BOOTSTRAP)})")
     features = Lite0Features(num_threads=1)
     feats = {name: clip_features(c, features) for name, c in clips.items()}
-    feats["teacher"] = clip_features(teacher_clips["floor"], features)
+    feats["teacher"] = clip_features(teacher_clips["teacher_floor"], features)
     fb = frechet_bootstrap(clip_features(teacher_clips["teacher"], features), feats, args.frechet_resamples,
                            bootstrap=FRECHET_BOOTSTRAP)
     walls["frechet"] = time.perf_counter() - t0
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         stats["frechet_to_teacher"] = fb.stat(name)
     baselines["teacher"] = {"world_chunk_pass_rate": mean_se([stream_numbers(r)["world_chunk_pass_rate"]
                                                               for r in teacher_summary["runs"]]),
-                            "frechet_to_teacher": {**fb.stat("teacher"), "seeds": floor_seeds(seeds)},
+                            "frechet_to_teacher": {**fb.stat("teacher"), "seeds": floor},
                             "clip_seconds": teacher_seconds, "chunk_seconds": teacher_seconds / 3}
 
     machine = machine_info()

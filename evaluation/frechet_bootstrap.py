@@ -27,18 +27,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .drift import frechet_distance
+from .drift import ShrunkGaussian, frechet_gaussians, ledoit_wolf
 
 
-def _fd(reference: list[np.ndarray], clips: list[np.ndarray], idx: np.ndarray | None = None) -> float | None:
-    if idx is not None:
-        reference, clips = [reference[i] for i in idx], [clips[i] for i in idx]
-    ref = [r for r in reference if len(r)]
-    got = [c for c in clips if len(c)]
-    if not ref or not got:
+def _stack(streams: list[np.ndarray], idx: np.ndarray | None) -> np.ndarray | None:
+    """The frames of the (drawn) non-empty streams, concatenated; None when fewer than 2."""
+    picked = [c for c in (streams if idx is None else (streams[i] for i in idx)) if len(c)]
+    if not picked:
         return None
-    d = frechet_distance(np.concatenate(ref), np.concatenate(got))
-    return None if d is None else float(d["distance"])
+    frames = np.concatenate(picked).astype(np.float64)
+    return frames if len(frames) >= 2 else None
+
+
+def _fds(reference: list[np.ndarray], models: dict[str, list[np.ndarray]], names, idx=None) -> dict:
+    """{name: FD(reference, model) or None} over the streams `idx` (None: all), the reference's
+    Gaussian fitted once for all models."""
+    ref = _stack(reference, idx)
+    g_ref: ShrunkGaussian | None = None if ref is None else ledoit_wolf(ref)
+    out = {}
+    for name in names:
+        got = _stack(models[name], idx)
+        out[name] = None if g_ref is None or got is None else frechet_gaussians(g_ref, ledoit_wolf(got))
+    return out
 
 
 @dataclass
@@ -77,8 +87,7 @@ def frechet_bootstrap(reference: list[np.ndarray], models: dict[str, list[np.nda
         if len(clips) != len(reference):
             raise ValueError(f"{name}: {len(clips)} streams, the reference has {len(reference)}; "
                              "the bootstrap pairs them stream by stream")
-    result = FrechetBootstrap(point={name: _fd(reference, clips) for name, clips in models.items()},
-                              streams=len(reference))
+    result = FrechetBootstrap(point=_fds(reference, models, list(models)), streams=len(reference))
     chosen = [n for n in models if bootstrap is None or n in bootstrap]
     if resamples < 2 or not chosen or not reference:
         return result
@@ -86,7 +95,7 @@ def frechet_bootstrap(reference: list[np.ndarray], models: dict[str, list[np.nda
     draws: dict[str, list[float]] = {n: [] for n in chosen}
     for _ in range(resamples):
         idx = rng.integers(0, len(reference), len(reference))
-        values = {n: _fd(reference, models[n], idx) for n in chosen}
+        values = _fds(reference, models, chosen, idx)
         if any(v is None for v in values.values()):
             continue  # a draw of only empty clips: skipped for every model, so the pairing holds
         for n, v in values.items():
