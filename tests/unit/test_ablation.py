@@ -48,7 +48,7 @@ def test_stream_numbers_from_world_and_drift_summaries():
     assert set(summarise([n, n])) == set(METRICS)
 
 
-@pytest.mark.slow  # ~18 s: 5 variants + 2 baselines x 2 prompts of 0.5 s tiny-model streams with the drift metrics
+@pytest.mark.slow  # ~20 s: 5 variants + 3 baselines x 2 prompts of 0.5 s tiny-model streams with the drift metrics
 def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     bench = _load_bench()
     argv = ["--config", str(REPO / "configs/tiny.yaml"), "--untrained", "--prompts", "2", "--seeds", "3",
@@ -62,11 +62,18 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
             assert set(metrics[name]) == {"mean", "se", "n"} and metrics[name]["n"] == 2
         assert 0.0 <= metrics["drift"]["mean"] <= 1.0
     assert set(printed["ordering_vs_full"]) == set(VARIANTS) - {"full"}
-    assert set(printed["baselines"]) == {"ode_init", "teacher"}
-    for stats in [*printed["variants"].values(), printed["baselines"]["ode_init"]]:
+    assert set(printed["baselines"]) == {"ode_init", "ode_init_block_ar", "teacher"}
+    for stats in [*printed["variants"].values(), printed["baselines"]["ode_init"], printed["baselines"]["ode_init_block_ar"]]:
         assert stats["frechet_to_teacher"]["mean"] >= 0 and stats["frechet_to_teacher"]["n"] == 2
     assert set(printed["dmd_beats_ode_init"]) == {"frechet_to_teacher", "world_chunk_pass_rate", "frechet_gap",
-                                                  "frechet_over_floor"}
+                                                  "frechet_over_floor", "block_ar"}
+    # the like-for-like block-AR comparison: the DMD student sampled block_ar vs the ODE init sampled block_ar
+    block_ar = printed["dmd_beats_ode_init"]["block_ar"]
+    assert set(block_ar) == {"frechet_to_teacher", "world_chunk_pass_rate", "frechet_gap"}
+    assert block_ar["frechet_gap"]["resamples"] == 3 and block_ar["frechet_gap"]["mean"] == pytest.approx(
+        printed["variants"]["no_rf_inference"]["frechet_to_teacher"]["mean"]
+        - printed["baselines"]["ode_init_block_ar"]["frechet_to_teacher"]["mean"])
+    assert printed["baselines"]["ode_init_block_ar"]["frechet_to_teacher"]["se"] is not None
     # the bootstrapped models carry errors; the floor is the teacher's clips of seeds the run did not use
     floor = printed["baselines"]["teacher"]["frechet_to_teacher"]
     assert floor["mean"] >= 0 and floor["se"] is not None and floor["seeds"] == [4]
@@ -79,6 +86,7 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     assert printed["baselines"]["teacher"]["world_chunk_pass_rate"]["n"] == 2 and printed["seeds"] == [3]
     merged = json.loads((tmp_path / "metrics.json").read_text())
     assert len(merged["samplers"]["no_sink"]["runs"]) == 2 and (tmp_path / "plots" / "world_pass_rate.png").is_file()
+    assert [r["video"] for r in merged["samplers"]["ode_init_block_ar"]["runs"]][0].endswith("block_ar_0.mp4")
     for name in VARIANTS:
         assert (tmp_path / merged["samplers"][name]["strip"]).is_file()
         assert all((tmp_path / r["video"]).is_file() for r in merged["samplers"][name]["runs"])
