@@ -18,8 +18,9 @@ Goal (the paper's ordering): full's drift lower than every other variant's by > 
 
 Beside the variants, the ODE-init student the three started from (`ode_init`, rolling, sink; and
 `ode_init_block_ar`, block_ar, sink: the baseline of `no_rf_inference`) and the teacher itself
-(`teacher`, bidirectional, one clip of its context) stream the same prompts and seeds, and each model's first teacher-length clips are compared with the teacher's clips: Fréchet distance
-of EfficientNet-Lite0 frame features (`frechet_to_teacher`, lower is closer). DMD earns its place
+(`teacher`, bidirectional, one clip of its context) stream the same prompts and seeds, and each
+model's first teacher-length clips are compared with the teacher's clips: Fréchet distance of
+EfficientNet-Lite0 frame features (`frechet_to_teacher`, lower is closer). DMD earns its place
 when `full` beats `ode_init` on that distance and on the world pass rate. The teacher also streams
 the prompts with as many other noise seeds: its distance to itself is the floor no student can be
 shown to beat (`baselines.teacher.frechet_to_teacher`). `full`, `no_rf_inference`, both ODE-init

@@ -63,7 +63,8 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
         assert 0.0 <= metrics["drift"]["mean"] <= 1.0
     assert set(printed["ordering_vs_full"]) == set(VARIANTS) - {"full"}
     assert set(printed["baselines"]) == {"ode_init", "ode_init_block_ar", "teacher"}
-    for stats in [*printed["variants"].values(), printed["baselines"]["ode_init"], printed["baselines"]["ode_init_block_ar"]]:
+    baselines = printed["baselines"]
+    for stats in [*printed["variants"].values(), baselines["ode_init"], baselines["ode_init_block_ar"]]:
         assert stats["frechet_to_teacher"]["mean"] >= 0 and stats["frechet_to_teacher"]["n"] == 2
     assert set(printed["dmd_beats_ode_init"]) == {"frechet_to_teacher", "world_chunk_pass_rate", "frechet_gap",
                                                   "frechet_over_floor", "block_ar"}
