@@ -55,7 +55,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 class WorldVocab:
     """What a world may contain. Captions name every property the world checks test (colour, size,
     count), so a perfect generator can pass them from the prompt alone: sizes are discrete and named,
-    or there is one size and its name is "" (the caption then names none).
+    or there is one size and its name is "" (the caption then names none). The motion check tests only
+    what "bouncing" and the vocabulary say together: a speed within `speed` (ground truths carry it).
 
     `sizes` maps a size name to the bounding-box side as a fraction of the frame's short side;
     `speed` is the (min, max) per-axis speed in short sides per second; `max_shapes` objects at most.
@@ -110,6 +111,12 @@ WORLD_VOCABS: dict[str, WorldVocab] = {
                              kinds=("circle", "square"), sizes=(("", 0.5625),), max_shapes=1,
                              speed=(0.10, 0.25)),
 }
+
+
+# Every vocabulary's per-axis speed range together: what "bouncing" promises when the vocabulary is unknown
+# (a ground truth written without one).
+ANY_SPEED: tuple[float, float] = (min(v.speed[0] for v in WORLD_VOCABS.values()),
+                                  max(v.speed[1] for v in WORLD_VOCABS.values()))
 
 
 def world_vocab(name: str) -> WorldVocab:
@@ -301,9 +308,11 @@ def caption(spec: WorldSpec) -> str:
     return f"{objects} bouncing on a {spec.background} background"
 
 
-def ground_truth(spec: WorldSpec) -> dict:
+def ground_truth(spec: WorldSpec, speed: tuple[float, float] | None = None) -> dict:
     """JSON-serialisable truth: frame geometry, background, object count, and per shape its kind,
-    colour, RGB, size, velocity and per-frame centre positions `[[x, y], ...]` (one per frame)."""
+    colour, RGB, size, velocity and per-frame centre positions `[[x, y], ...]` (one per frame).
+    `speed`: the vocabulary's per-axis (min, max) speed in short sides per second, all that the
+    caption's "bouncing" says of the motion (the motion check's bounds); stored as "speed_range"."""
     shapes = []
     for s in spec.shapes:
         positions = [[round(c, 4) for c in shape_position(s, i / spec.fps, spec.width, spec.height)]
@@ -313,7 +322,8 @@ def ground_truth(spec: WorldSpec) -> dict:
     return {"width": spec.width, "height": spec.height, "fps": spec.fps, "num_frames": spec.num_frames,
             "duration": spec.duration, "seed": spec.seed, "caption": caption(spec),
             "background": {"name": spec.background, "rgb": list(spec.background_rgb)},
-            "count": len(spec.shapes), "shapes": shapes, "spec": spec_to_dict(spec)}
+            "count": len(spec.shapes), "shapes": shapes, "spec": spec_to_dict(spec),
+            "speed_range": list(speed) if speed is not None else None}
 
 
 def spec_to_dict(spec: WorldSpec) -> dict:
@@ -358,8 +368,9 @@ def world_truths(count: int, width: int, height: int, fps: int, seconds: float, 
                  vocab: str = "full", max_shapes: int | None = None, cover: bool = False) -> list[dict]:
     """The ground truths (`ground_truth`) of the first `count` worlds `write_world_dataset` would write
     with these arguments, without rendering a frame: world prompts to evaluate a generator on."""
-    return [ground_truth(spec) for spec in world_specs(count, width, height, fps, seconds, seed, vocab, max_shapes,
-                                                          cover)]
+    speed = world_vocab(vocab).speed
+    return [ground_truth(spec, speed) for spec in world_specs(count, width, height, fps, seconds, seed, vocab,
+                                                                 max_shapes, cover)]
 
 
 def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height: int = 64, fps: int = 16,
@@ -387,7 +398,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
                     writer.write(frame[None])
             os.replace(scratch / video.name, video)
             _write_text_atomic(out / f"{stem}.txt", caption(spec) + "\n")
-            _write_text_atomic(out / f"{stem}.gt.json", json.dumps(ground_truth(spec)))
+            _write_text_atomic(out / f"{stem}.gt.json", json.dumps(ground_truth(spec, world_vocab(vocab).speed)))
             paths.append(video)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -395,7 +406,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
 
 
 __all__ = [
-    "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "WORLD_VOCABS", "ShapeSpec", "Subject", "WorldSpec", "WorldVocab", "caption",
+    "ANY_SPEED", "BACKGROUNDS", "KINDS", "SHAPE_COLOURS", "WORLD_VOCABS", "ShapeSpec", "Subject", "WorldSpec", "WorldVocab", "caption",
     "covering_subjects", "ground_truth", "render", "sample_world", "shape_mask", "shape_position", "spec_from_dict",
     "spec_to_dict", "vocab_subjects", "world_seed", "world_specs", "world_truths", "world_vocab", "write_world_dataset",
 ]

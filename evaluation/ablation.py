@@ -16,6 +16,8 @@ Per stream (one world prompt, one seed), streamed to 10x the training rollout:
     drift                    share of the last third's chunks failing the world checks (lower is better)
     world_chunk_pass_rate    share of all its chunks passing
     luma_max_deviation, similarity_min_to_first, quality_drift   `evaluate.drift_scalars`
+    <kind>_failure_rate      share of its chunks failing that kind of check (count, size, colour, motion,
+                             spurious): why chunks fail
 and per variant the mean and standard error s / sqrt(n) over its streams. The paper's ordering holds
 for a variant when full's drift is lower by more than `SE_MARGIN` combined standard errors:
     mean_v - mean_full > 2 sqrt(se_v^2 + se_full^2).
@@ -26,6 +28,8 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+
+from .world_checks import FAILURE_KINDS
 
 MIN_SECONDS = 10.0  # two non-overlapping 5 s windows of ΔDrift
 SE_MARGIN = 2.0
@@ -56,7 +60,10 @@ VARIANTS: dict[str, Variant] = {
     "no_rf_training": Variant("sf", "rolling", True, "a Self-Forcing-trained student (p_self_forcing=1), rolling"),
     "self_forcing": Variant("sf", "block_ar", True, "a Self-Forcing-trained student sampled block by block"),
 }
-METRICS = ("drift", "world_chunk_pass_rate", "luma_max_deviation", "similarity_min_to_first", "quality_drift")
+# why chunks fail: per kind of `world_checks.FAILURE_KINDS`, the share of a stream's chunks failing it
+FAILURE_METRICS = tuple(f"{kind}_failure_rate" for kind in FAILURE_KINDS)
+METRICS = ("drift", "world_chunk_pass_rate", "luma_max_deviation", "similarity_min_to_first", "quality_drift",
+           *FAILURE_METRICS)
 
 
 def training_seconds(rollout_blocks: int, frames_per_block: int, video_frames, fps: float) -> float:
@@ -87,8 +94,10 @@ def stream_numbers(run: dict) -> dict[str, float | None]:
 
     rates = chunk_pass_rates([run["world"]]) if isinstance(run.get("world"), dict) else {}
     scalars = drift_scalars(run.get("drift") or {})
+    failures = rates.get("world_check_failure_rates") or {}
     return {"drift": rates.get("world_drift"), "world_chunk_pass_rate": rates.get("world_chunk_pass_rate"),
-            **{k: scalars.get(k) for k in ("luma_max_deviation", "similarity_min_to_first", "quality_drift")}}
+            **{k: scalars.get(k) for k in ("luma_max_deviation", "similarity_min_to_first", "quality_drift")},
+            **{f"{kind}_failure_rate": failures.get(kind) for kind in FAILURE_KINDS}}
 
 
 def mean_se(values: list[float | None]) -> dict[str, float | int | None]:
@@ -124,5 +133,5 @@ def ordering(variants: dict[str, dict], metric: str = "drift", reference: str = 
     return out
 
 
-__all__ = ["METRICS", "MIN_SECONDS", "RF_P_SELF_FORCING", "SE_MARGIN", "STUDENTS", "VARIANTS", "Student", "Variant", "mean_se",
+__all__ = ["FAILURE_METRICS", "METRICS", "MIN_SECONDS", "RF_P_SELF_FORCING", "SE_MARGIN", "STUDENTS", "VARIANTS", "Student", "Variant", "mean_se",
            "longest_rollout", "ordering", "stream_numbers", "stream_seconds", "summarise", "training_seconds"]

@@ -156,6 +156,9 @@ def flat_metrics(result: dict) -> dict[str, float]:
         for key, value in summary.items():
             if isinstance(value, int | float):
                 flat[f"{sampler}/{key}"] = float(value)
+        for kind, rate in (summary.get("world_check_failure_rates") or {}).items():
+            if rate is not None:  # e.g. rolling/world_motion_failure_rate
+                flat[f"{sampler}/world_{kind}_failure_rate"] = float(rate)
         drifts = [drift_scalars(r["drift"]) for r in summary["runs"] if r.get("drift")]
         for key in (drifts[0] if drifts else {}):
             values = [d[key] for d in drifts if d[key] is not None]

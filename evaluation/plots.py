@@ -188,7 +188,7 @@ def plot_world_pass_rate(result: dict, path: Path) -> Path:
     _curves(ax, {s: world_series(result, s) for s in result["samplers"]}, "time (s, chunk mid-time)",
             "share of prompts passing")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("World checks passed per chunk (count, colour, size)")
+    ax.set_title("World checks passed per chunk (count, colour, size, motion)")
     return _save(fig, path)
 
 

@@ -17,7 +17,8 @@ Summary columns (per sampler, the mean over prompts; `flat_metrics` gives the sa
   flicker                    VBench temporal flickering over the whole stream (1 = static)
 World-checks columns (ground-truth objects kept, `evaluation.world_checks`) appear when runs carry
 a `world` summary: streams passing in every chunk, the share of chunks passing (all prompts), and
-that share in the first and last third of the stream. Each sampler's frame strip (evaluate's
+that share in the first and last third of the stream, and which checks the failing chunks failed
+(share of chunks per kind: count, size, colour, motion, spurious). Each sampler's frame strip (evaluate's
 plots/strip_<sampler>.png) is shown under "Frames over time". Undefined values print as n/a.
 """
 
@@ -100,6 +101,12 @@ def _world_cell(summary: dict) -> str | None:
     return f"{sum(bool(w.get('passed')) for w in checked)}/{len(checked)} passed" if checked else None
 
 
+def _failure_cell(summary: dict) -> str:
+    """Why chunks failed: 'motion 36 %, size 27 %' (kinds by share of chunks, largest first), or 'none'."""
+    rates = {k: v for k, v in (summary.get("world_check_failure_rates") or {}).items() if v}
+    return ", ".join(f"{k} {100 * v:.0f} %" for k, v in sorted(rates.items(), key=lambda kv: -kv[1])) or "none"
+
+
 def summary_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """(headers, one row of formatted cells per sampler)."""
     flat = flat_metrics(result)
@@ -107,12 +114,13 @@ def summary_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     with_world = any(world.values())
     headers = ["sampler"] + [h for _, h, _ in COLUMNS]
     if with_world:
-        headers += ["world streams passed"] + [h for _, h in WORLD_COLUMNS]
+        headers += ["world streams passed"] + [h for _, h in WORLD_COLUMNS] + ["chunks failing"]
     rows = []
     for sampler, summary in result["samplers"].items():
         row = [sampler] + [fmt(flat.get(f"{sampler}/{key}"), spec) for key, _, spec in COLUMNS]
         if with_world:
-            row += [world[sampler] or "n/a"] + [fmt(_pct(summary.get(key)), "{:.0f} %") for key, _ in WORLD_COLUMNS]
+            row += ([world[sampler] or "n/a"] + [fmt(_pct(summary.get(key)), "{:.0f} %") for key, _ in WORLD_COLUMNS]
+                    + [_failure_cell(summary)])
         rows.append(row)
     return headers, rows
 

@@ -1,7 +1,8 @@
-"""Ground-truth checks for videos of procedural worlds (`data.world`): objects keep colour, size and count.
+"""Ground-truth checks for videos of procedural worlds (`data.world`): objects keep colour, size and count,
+and keep moving.
 
 A world prompt names its objects exactly (caption <-> WorldSpec), and every object keeps its colour,
-size and count for the whole video, so a generated video of that prompt can be checked per chunk
+size, count and speed for the whole video, so a generated video of that prompt can be checked per chunk
 without knowing where the generator put the objects:
 
 1. Segment by the known palette. Each pixel gets the nearest of the palette colours (all of
@@ -23,7 +24,15 @@ without knowing where the generator put the objects:
              `data.world.shape_mask` and averaged over 16 sub-pixel placements, scaled to the video's
              frame size) and vs chunk 0: |A - A_ref| <= `area_rel` A_ref + `area_px` (the absolute
              slack covers rasterisation of 5-px shapes, whose pixel count varies with placement);
-     colour  mean RGB vs the spec's RGB and vs chunk 0: distance <= `colour_error`.
+     colour  mean RGB vs the spec's RGB and vs chunk 0: distance <= `colour_error`;
+     motion  (one-object colours) the object's speed, |centroid(f + s) - centroid(f)| fps / s averaged
+             over the chunk's isolated frame pairs s = `motion_stride` frames apart, lies in
+             [`speed_low` v_min, `speed_high` v_max]. The caption says "bouncing", and the world's
+             vocabulary draws each axis's speed in (a, b) short sides per second (the truth's
+             "speed_range"), so |v| is in [v_min, v_max] = sqrt(2) (a, b) * short side; bounces keep
+             |v|. Below the band the object has stalled (a frozen stream passes every other check);
+             above it, it jumps between frames (block-wise generation's seams). Chunks shorter than
+             2 s frames are undetermined for motion: a few pairs of a slow object are mostly jitter.
    A check with nothing to measure (no isolated frame of c in the chunk) is undetermined (None), not
    failed. A chunk passes when none of its checks fails; the video passes when every chunk does.
 
@@ -44,12 +53,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from data.world import SHAPE_COLOURS, WorldSpec, shape_mask, shape_position, spec_from_dict
+from data.world import ANY_SPEED, SHAPE_COLOURS, WorldSpec, shape_mask, shape_position, spec_from_dict
 
 from .chunks import Chunk, Chunker
 from .drift import as_frames, jsonable
 
 EIGHT = np.ones((3, 3), dtype=bool)
+CHECKS = ("count", "size", "colour", "motion")  # per object and chunk; a chunk passes when none fails
+FAILURE_KINDS = (*CHECKS, "spurious")  # what a chunk can fail: a per-object check, or objects nobody asked for
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,11 @@ class WorldTolerances:
     area_rel: float = 0.3  # |median area - reference| <= area_rel * reference + area_px
     area_px: float = 2.0
     colour_error: float = 30.0  # RGB distance of an object's mean colour to the reference
+    motion_stride: int = 4  # frames between the centroids compared: a quarter second at 16 fps, where the
+    # slowest object moves >= 1.1 px and centroid jitter (~0.3 px) is small beside it
+    speed_low: float = 1 / 3  # slowest passing speed, as a share of the slowest the vocabulary draws: a
+    # stall; the shipped teacher draws slower than its data (median 0.5 of the data's), never this slow
+    speed_high: float = 1.5  # fastest passing speed, as a multiple of the fastest the vocabulary draws
 
 
 @dataclass
@@ -72,6 +88,22 @@ class _Expected:
     rgb: np.ndarray
     count: int
     area: float  # total unoccluded pixel area of this colour's objects at the video's frame size
+
+
+def _truth_speed(truth: WorldSpec | dict) -> tuple[float, float]:
+    """The per-axis speed range (short sides / s) a ground truth promises; `ANY_SPEED` when it has none."""
+    speed = truth.get("speed_range") if isinstance(truth, dict) else None
+    return (float(speed[0]), float(speed[1])) if speed else ANY_SPEED
+
+
+def chunk_speed(centres: list[tuple[float, float] | None], stride: int, fps: float) -> float | None:
+    """Mean speed (px / s) of an object from its per-frame centroids (None: not measurable in that
+    frame): mean |c[f + s] - c[f]| * fps / s over the pairs s = stride frames apart with both ends
+    known. None when the chunk is shorter than 2 s frames or no pair has both ends."""
+    if stride < 1 or len(centres) < 2 * stride:
+        return None
+    d = [math.dist(a, b) for a, b in zip(centres[:-stride], centres[stride:]) if a is not None and b is not None]
+    return float(np.mean(d)) * fps / stride if d else None
 
 
 def _spec_of(truth: WorldSpec | dict) -> WorldSpec:
@@ -136,14 +168,17 @@ class _ChunkObs:
     isolated: dict[str, int] = field(default_factory=dict)
     spurious_frames: int = 0
     spurious: dict[str, int] = field(default_factory=dict)
+    centres: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)  # per frame (x, y)
 
 
 class WorldChecker:
     """Streaming colour / size / count checks of a video against its world's truth (module docstring)."""
 
     def __init__(self, truth: WorldSpec | dict, chunk_seconds: float = 1.0, fps: float | None = None,
-                 tolerances: WorldTolerances | None = None):
+                 tolerances: WorldTolerances | None = None, speed: tuple[float, float] | None = None):
         self.spec = _spec_of(truth)
+        self.speed = tuple(speed) if speed is not None else _truth_speed(truth)  # per axis, short sides / s
+        self.speed_band: tuple[float, float] | None = None  # passing |v| (px / s), set with the frame size
         self.tol = tolerances or WorldTolerances()
         self.fps = float(fps or self.spec.fps)
         self.chunker = Chunker(self.fps, chunk_seconds)
@@ -166,6 +201,9 @@ class WorldChecker:
             mask = frame_labels == p
             if name in self.expected:
                 e = self.expected[name]
+                centres = obs.centres.setdefault(name, []) if e.count == 1 else None
+                if centres is not None:
+                    centres.append(None)  # replaced below when this frame shows the object on its own
                 interior = ndimage.binary_erosion(mask, structure=EIGHT)
                 colour_px = interior if interior.any() else mask
                 obs.rgb_sum[name] = obs.rgb_sum.get(name, np.zeros(3)) + frame[colour_px].sum(axis=0, dtype=np.float64)
@@ -178,6 +216,9 @@ class WorldChecker:
                 obs.counts.setdefault(name, []).append(len(comps))
                 obs.count_ok[name] = obs.count_ok.get(name, 0) + int(len(comps) == e.count)
                 obs.areas.setdefault(name, []).append(int(mask.sum()))
+                if centres is not None and mask.sum() >= self.tol.min_component_px:
+                    ys, xs = np.nonzero(mask)
+                    centres[-1] = (float(xs.mean()), float(ys.mean()))
             elif mask.any():
                 comps = components(mask, max(self.tol.min_component_px, math.ceil(0.5 * smallest)),
                                    self.tol.bridge_px)
@@ -192,6 +233,8 @@ class WorldChecker:
             return
         if self.expected is None:
             self.expected = expected_objects(self.spec, frames.shape[1], frames.shape[2])
+            v = math.sqrt(2) * min(frames.shape[1], frames.shape[2])
+            self.speed_band = (self.tol.speed_low * self.speed[0] * v, self.tol.speed_high * self.speed[1] * v)
         for piece in self.chunker.push(len(frames)):
             obs = self._open.setdefault(piece.chunk, _ChunkObs())
             for j in range(piece.offset, piece.offset + piece.count):  # per frame: labels are [H, W, palette]
@@ -226,6 +269,10 @@ class WorldChecker:
             o["size_ok"] = _within(self._area_excess(area, e.area), self._area_excess(area, first_area), bound=0.0)
             o["colour_ok"] = (False if rgb is None else
                               _within(o["colour_error_truth"], o["colour_error_first"], bound=self.tol.colour_error))
+            speed = chunk_speed(obs.centres[name], self.tol.motion_stride, self.fps) if name in obs.centres else None
+            lo, hi = self.speed_band
+            o["speed"] = speed
+            o["motion_ok"] = None if speed is None else lo <= speed <= hi
             objects[name] = o
             where = f"chunk {chunk.index} ({chunk.start_s:.2f}-{chunk.stop_s:.2f} s): {name}"
             if o["count_ok"] is False:
@@ -237,14 +284,20 @@ class WorldChecker:
             if o["colour_ok"] is False:
                 failures.append(f"{where}: mean colour {_rgb(rgb)} vs truth {_rgb(e.rgb)} "
                                 f"(error {_num(o['colour_error_truth'])}), vs chunk 0 {_num(o['colour_error_first'])}")
+            if o["motion_ok"] is False:
+                failures.append(f"{where}: {'stalled' if speed < lo else 'jumping'}: speed {speed:.1f} px/s "
+                                f"outside {lo:.1f}-{hi:.1f} px/s")
         spurious_frac = obs.spurious_frames / obs.frames
+        failed = {check for o in objects.values() for check in CHECKS if o[f"{check}_ok"] is False}
         if spurious_frac > self.tol.spurious_fraction:
+            failed.add("spurious")
             failures.append(f"chunk {chunk.index}: unexpected objects ({', '.join(sorted(obs.spurious))}) in "
                             f"{spurious_frac:.0%} of frames")
         rec = chunk.as_dict()
         rec.update({"objects": objects, "spurious_frame_fraction": spurious_frac,
                     "spurious": {k: v / obs.frames for k, v in sorted(obs.spurious.items())},
-                    "passed": not failures, "failures": failures})
+                    "passed": not failures, "failed_checks": [k for k in FAILURE_KINDS if k in failed],
+                    "failures": failures})
         return rec
 
     def _area_excess(self, area: float | None, ref: float | None) -> float | None:
@@ -260,11 +313,12 @@ class WorldChecker:
             chunks.append(self._record(self.chunker.chunk(k), self._open[k]))
         failures = [f for c in chunks for f in c["failures"]]
         undetermined = [f"chunk {c['index']}: {name}: {check}" for c in chunks for name, o in c["objects"].items()
-                        for check in ("count", "size", "colour") if o[f"{check}_ok"] is None]
+                        for check in CHECKS if o[f"{check}_ok"] is None]
         expected = {n: {"count": e.count, "area": e.area, "rgb": e.rgb} for n, e in (self.expected or {}).items()}
         return jsonable({"passed": bool(chunks) and not failures, "num_frames": self.chunker.num_frames,
                          "fps": self.fps, "chunk_seconds": self.chunk_seconds, "num_chunks": len(chunks),
-                         "expected": expected, "tolerances": vars(self.tol), "chunks": chunks,
+                         "expected": expected, "tolerances": vars(self.tol), "speed_range": list(self.speed),
+                         "speed_band_px_s": list(self.speed_band) if self.speed_band else None, "chunks": chunks,
                          "failures": failures, "undetermined": undetermined})
 
 
@@ -295,9 +349,10 @@ def _rgb(v) -> str:
 
 
 def check_world_frames(frames: np.ndarray, truth: WorldSpec | dict, chunk_seconds: float = 1.0,
-                       tolerances: WorldTolerances | None = None, fps: float | None = None) -> dict:
+                       tolerances: WorldTolerances | None = None, fps: float | None = None,
+                       speed: tuple[float, float] | None = None) -> dict:
     """One-shot convenience over an in-memory clip."""
-    checker = WorldChecker(truth, chunk_seconds, fps=fps, tolerances=tolerances)
+    checker = WorldChecker(truth, chunk_seconds, fps=fps, tolerances=tolerances, speed=speed)
     checker.add(frames)
     return checker.summary()
 
@@ -314,16 +369,23 @@ def chunk_pass_rates(summaries: list[dict]) -> dict:
         world_drift                     1 - last-third rate: the share of chunks failing late in the
                                         stream (the ablation's `drift`, lower is better)
         world_pass_rate                 share of streams passing in every chunk
+        world_check_failure_rates       {kind: share of (stream, chunk) pairs failing it} for every kind
+                                        of `FAILURE_KINDS` (a chunk may fail several)
 
     Values are None when no stream has a chunk."""
     passed: dict[int, list[bool]] = {}
     times: dict[int, float] = {}
+    failed = dict.fromkeys(FAILURE_KINDS, 0)
     for summary in summaries:
         for c in summary.get("chunks") or []:
             k = int(c["index"])
             passed.setdefault(k, []).append(bool(c["passed"]))
+            for kind in c.get("failed_checks") or []:
+                failed[kind] += 1
             times.setdefault(k, (float(c["start_s"]) + float(c["stop_s"])) / 2)
     ks = sorted(passed)
+
+    total = sum(len(v) for v in passed.values())
 
     def rate(keys) -> float | None:
         flags = [f for k in keys for f in passed[k]]
@@ -337,8 +399,10 @@ def chunk_pass_rates(summaries: list[dict]) -> dict:
             "world_pass_rate_first_third": rate(ks[:n3]) if ks else None,
             "world_pass_rate_last_third": last,
             "world_drift": None if last is None else 1.0 - last,
-            "world_pass_rate": (sum(bool(s.get("passed")) for s in summaries) / len(summaries)) if summaries else None}
+            "world_pass_rate": (sum(bool(s.get("passed")) for s in summaries) / len(summaries)) if summaries else None,
+            "world_check_failure_rates": {kind: n / total if total else None for kind, n in failed.items()}}
 
 
-__all__ = ["WorldChecker", "WorldTolerances", "check_world_frames", "chunk_pass_rates", "components",
+__all__ = ["CHECKS", "FAILURE_KINDS", "WorldChecker", "WorldTolerances", "check_world_frames", "chunk_pass_rates", "chunk_speed",
+           "components",
            "expected_objects", "palette_labels"]

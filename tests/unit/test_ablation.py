@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.ablation import METRICS, VARIANTS, mean_se, ordering, stream_numbers, summarise
+from evaluation.ablation import FAILURE_METRICS, METRICS, VARIANTS, mean_se, ordering, stream_numbers, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,13 +38,16 @@ def test_ordering_needs_two_combined_standard_errors():
 
 def test_stream_numbers_from_world_and_drift_summaries():
     chunk = {"start_s": 0.0, "stop_s": 1.0}
-    world = {"passed": False, "chunks": [{**chunk, "index": k, "start_s": k, "stop_s": k + 1, "passed": k < 4}
+    world = {"passed": False, "chunks": [{**chunk, "index": k, "start_s": k, "stop_s": k + 1, "passed": k < 4,
+                                          "failed_checks": [] if k < 4 else ["motion"] if k == 4 else ["size", "motion"]}
                                          for k in range(6)]}
     drift = {"colour": {"max_abs_deviation_from_first_chunk": {"luma_mean": 12.0}},
              "consistency": {"min_to_first": 0.9}, "quality": {"delta_drift": 0.3}}
     n = stream_numbers({"world": world, "drift": drift})
     assert n == {"drift": 1.0, "world_chunk_pass_rate": pytest.approx(4 / 6), "luma_max_deviation": 12.0,
-                 "similarity_min_to_first": 0.9, "quality_drift": 0.3}
+                 "similarity_min_to_first": 0.9, "quality_drift": 0.3, "count_failure_rate": 0.0,
+                 "size_failure_rate": pytest.approx(1 / 6), "colour_failure_rate": 0.0,
+                 "motion_failure_rate": pytest.approx(2 / 6), "spurious_failure_rate": 0.0}
     assert set(summarise([n, n])) == set(METRICS)
 
 
@@ -58,9 +61,9 @@ def test_micro_ablation_prints_the_json_shape(tmp_path, capsys):
     assert printed == json.loads((tmp_path / "ablation.json").read_text())
     assert list(printed["variants"]) == list(VARIANTS)
     for metrics in printed["variants"].values():
-        for name in ("drift", "luma_max_deviation", "similarity_min_to_first", "quality_drift"):
+        for name in ("drift", "luma_max_deviation", "similarity_min_to_first", "quality_drift", *FAILURE_METRICS):
             assert set(metrics[name]) == {"mean", "se", "n"} and metrics[name]["n"] == 2
-        assert 0.0 <= metrics["drift"]["mean"] <= 1.0
+        assert 0.0 <= metrics["drift"]["mean"] <= 1.0 and 0.0 <= metrics["motion_failure_rate"]["mean"] <= 1.0
     assert set(printed["ordering_vs_full"]) == set(VARIANTS) - {"full"}
     assert set(printed["baselines"]) == {"ode_init", "ode_init_block_ar", "teacher"}
     baselines = printed["baselines"]

@@ -247,6 +247,10 @@ def test_world_pass_rates_curve_and_frame_strips(tmp_path, result):
     row = dict(zip(headers, rows[1]))
     assert row["world chunks passed ↑"] == fmt(100 * faded["world_chunk_pass_rate"], "{:.0f} %")
     assert row["last third ↑"] == "0 %" and dict(zip(headers, rows[2]))["first third ↑"] == "n/a"
+    assert dict(zip(headers, rows[0]))["chunks failing"] == "none"
+    worst = max(faded["world_check_failure_rates"].items(), key=lambda kv: kv[1])  # the fade's last chunk
+    assert worst[1] == pytest.approx(1 / 3) and row["chunks failing"].startswith(f"{worst[0]} 33 %")
+    assert flat[f"block_ar/world_{worst[0]}_failure_rate"] == pytest.approx(1 / 3)
     md = paths["md"].read_text(encoding="utf-8")
     assert "## Frames over time" in md and "strip_rolling.png" in md and "strip_block_ar.png" in md
     for sampler in ("rolling", "block_ar"):

@@ -1,4 +1,5 @@
-"""World ground-truth checks pass on rendered world videos and fail when objects change colour, size or count."""
+"""World ground-truth checks pass on rendered world videos and fail when objects change colour, size or count,
+stall or jump."""
 
 from __future__ import annotations
 
@@ -11,19 +12,25 @@ import numpy as np
 import pytest
 
 from data.world import (
+    ANY_SPEED,
     SHAPE_COLOURS,
     ShapeSpec,
     WorldSpec,
     ground_truth,
     render,
     sample_world,
+    shape_mask,
+    shape_position,
     world_seed,
+    world_truths,
+    world_vocab,
     write_world_dataset,
 )
 from evaluation.world_checks import (
     WorldChecker,
     check_world_frames,
     chunk_pass_rates,
+    chunk_speed,
     expected_objects,
     palette_labels,
 )
@@ -78,8 +85,11 @@ def test_rendered_world_passes():
     for c in r["chunks"]:
         for name, o in c["objects"].items():
             assert o["isolated_frames"] >= 12, (c["index"], name)  # the checks really measured something
-            assert o["count_ok"] and o["size_ok"] and o["colour_ok"]
+            assert o["count_ok"] and o["size_ok"] and o["colour_ok"] and o["motion_ok"]
             assert abs(o["area_vs_truth"]) < 0.1 and o["colour_error_truth"] < 1e-9
+    assert r["speed_range"] == list(ANY_SPEED)  # a bare spec names no vocabulary: every vocabulary's range
+    red = world().shapes[0]
+    assert r["chunks"][0]["objects"]["red"]["speed"] == pytest.approx(np.hypot(*red.velocity), rel=0.1)
     # the truth dict (as written to NAME.gt.json) and the spec are interchangeable
     assert check_world_frames(frames_of(spec), json.loads(json.dumps(ground_truth(spec)))) == r
 
@@ -120,6 +130,26 @@ def test_streaming_matches_one_shot():
     r = checker.summary()
     assert r == check_world_frames(frames, spec)
     assert r["chunks"][-1]["partial"] and r["chunks"][-1]["frames"] == 8
+
+
+def test_chunk_speed():
+    line = [(2.0 * f, 10.0) for f in range(16)]  # 2 px per frame
+    assert chunk_speed(line, stride=4, fps=16) == pytest.approx(32.0)
+    holes = [c if f % 3 else None for f, c in enumerate(line)]  # frames where the object touched another
+    assert chunk_speed(holes, stride=4, fps=16) == pytest.approx(32.0)
+    assert chunk_speed(line[:7], stride=4, fps=16) is None  # shorter than 2 strides: mostly jitter
+    assert chunk_speed([None] * 16, stride=4, fps=16) is None
+
+
+def test_truths_carry_their_vocabulary_speed(tmp_path):
+    laptop = world_vocab("laptop_one").speed
+    assert world_truths(1, 32, 32, FPS, 2.0, seed=0, vocab="laptop_one")[0]["speed_range"] == list(laptop)
+    video = write_world_dataset(tmp_path, 1, width=32, height=32, fps=FPS, seconds=2.0, seed=0, vocab="laptop_one")[0]
+    gt = json.loads(video.with_name("world_0000.gt.json").read_text())
+    assert gt["speed_range"] == list(laptop)
+    r = check_world_frames(decode(video), gt)
+    assert r["passed"], r["failures"]
+    assert r["speed_band_px_s"] == pytest.approx([np.sqrt(2) * 32 * laptop[0] / 3, np.sqrt(2) * 32 * laptop[1] * 1.5])
 
 
 def test_palette_labels():
@@ -192,6 +222,38 @@ def test_unexpected_object_fails():
     assert r["chunks"][2]["spurious"] == {"green": 1.0}
 
 
+def test_stalled_object_fails():
+    spec = world()
+    red = spec.shapes[0]
+    frozen = with_shape(spec, 0, position=shape_position(red, 2.0, spec.width, spec.height), velocity=(0.0, 0.0))
+    r = check_world_frames(spliced(spec, frozen), spec)  # the red circle stops at 2 s; the others go on
+    assert failing(r) == [2, 3]
+    o = r["chunks"][3]["objects"]["red"]
+    assert o["motion_ok"] is False and o["speed"] < 0.1
+    assert o["count_ok"] and o["size_ok"] and o["colour_ok"]  # only the motion check sees a frozen object
+    assert any("red: stalled" in f for f in r["failures"])
+    assert [c["failed_checks"] for c in r["chunks"]] == [[], [], ["motion"], ["motion"]]
+
+
+def test_jumping_object_fails():
+    """Block-wise generation's seams: from 2 s on, each 3-frame block draws the red circle anywhere (the
+    block lost track of where the previous one left it), so it jumps at every seam."""
+    spec = world()
+    red = spec.shapes[0]
+    frames = frames_of(dataclasses.replace(spec, shapes=spec.shapes[1:]))
+    rng = np.random.default_rng(0)
+    for start in range(0, len(frames), 3):
+        anywhere = rng.uniform(red.size / 2, spec.width - red.size / 2, size=2)
+        for f in range(start, min(start + 3, len(frames))):
+            cx, cy = shape_position(red, f / FPS, spec.width, spec.height) if start < 2 * FPS else anywhere
+            frames[f][shape_mask(red, cx, cy, spec.width, spec.height)] = red.rgb
+    r = check_world_frames(frames, spec, speed=world_vocab("laptop").speed)
+    assert failing(r) == [2, 3]
+    o = r["chunks"][2]["objects"]["red"]
+    assert o["motion_ok"] is False and o["speed"] > r["speed_band_px_s"][1]
+    assert any("red: jumping" in f for f in r["failures"])
+
+
 def test_chunk_pass_rate_of_a_real_and_a_perturbed_world_video(tmp_path):
     """A decoded mp4 of the laptop world passes every chunk; the same video with its object recoloured
     from 3 s on fails exactly the chunks from 3 s on, and the rates over time say so."""
@@ -211,4 +273,7 @@ def test_chunk_pass_rate_of_a_real_and_a_perturbed_world_video(tmp_path):
     assert rates["world_chunk_times_s"] == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
     assert rates["world_pass_rate_first_third"] == 1.0 and rates["world_pass_rate_last_third"] == 0.5
     assert rates["world_drift"] == 0.5 and rates["world_pass_rate"] == 0.5
+    assert [c["failed_checks"] for c in perturbed["chunks"]][2:4] == [[], ["count", "size", "colour", "spurious"]]
+    assert rates["world_check_failure_rates"]["spurious"] == pytest.approx(0.25)  # 3 of 12 chunks
+    assert rates["world_check_failure_rates"]["motion"] == 0.0
     assert chunk_pass_rates([])["world_chunk_pass_rate"] is None
