@@ -390,6 +390,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
     paths = []
     scratch = Path(tempfile.mkdtemp(prefix=".world-", dir=out))  # same filesystem: os.replace is atomic
     try:
+        speed = world_vocab(vocab).speed
         for i, spec in enumerate(world_specs(count, width, height, fps, seconds, seed, vocab, max_shapes, cover)):
             stem = f"world_{i:04d}"
             video = out / f"{stem}.mp4"
@@ -398,7 +399,7 @@ def write_world_dataset(out_dir: str | Path, count: int, width: int = 64, height
                     writer.write(frame[None])
             os.replace(scratch / video.name, video)
             _write_text_atomic(out / f"{stem}.txt", caption(spec) + "\n")
-            _write_text_atomic(out / f"{stem}.gt.json", json.dumps(ground_truth(spec, world_vocab(vocab).speed)))
+            _write_text_atomic(out / f"{stem}.gt.json", json.dumps(ground_truth(spec, speed)))
             paths.append(video)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

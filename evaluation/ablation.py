@@ -97,7 +97,7 @@ def stream_numbers(run: dict) -> dict[str, float | None]:
     failures = rates.get("world_check_failure_rates") or {}
     return {"drift": rates.get("world_drift"), "world_chunk_pass_rate": rates.get("world_chunk_pass_rate"),
             **{k: scalars.get(k) for k in ("luma_max_deviation", "similarity_min_to_first", "quality_drift")},
-            **{f"{kind}_failure_rate": failures.get(kind) for kind in FAILURE_KINDS}}
+            **{metric: failures.get(kind) for kind, metric in zip(FAILURE_KINDS, FAILURE_METRICS)}}
 
 
 def mean_se(values: list[float | None]) -> dict[str, float | int | None]:

@@ -172,7 +172,7 @@ class _ChunkObs:
 
 
 class WorldChecker:
-    """Streaming colour / size / count checks of a video against its world's truth (module docstring)."""
+    """Streaming colour / size / count / motion checks of a video against its world's truth (module docstring)."""
 
     def __init__(self, truth: WorldSpec | dict, chunk_seconds: float = 1.0, fps: float | None = None,
                  tolerances: WorldTolerances | None = None, speed: tuple[float, float] | None = None):
@@ -215,8 +215,9 @@ class WorldChecker:
                 obs.isolated[name] = obs.isolated.get(name, 0) + 1
                 obs.counts.setdefault(name, []).append(len(comps))
                 obs.count_ok[name] = obs.count_ok.get(name, 0) + int(len(comps) == e.count)
-                obs.areas.setdefault(name, []).append(int(mask.sum()))
-                if centres is not None and mask.sum() >= self.tol.min_component_px:
+                area = int(mask.sum())
+                obs.areas.setdefault(name, []).append(area)
+                if centres is not None and area >= self.tol.min_component_px:
                     ys, xs = np.nonzero(mask)
                     centres[-1] = (float(xs.mean()), float(ys.mean()))
             elif mask.any():
